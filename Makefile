@@ -1,0 +1,33 @@
+# The two commands: `make run` (main job, embedded default) and `make test` (the test suite).
+# Both create .venv and install the project on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXTRAS ?= platform,test
+
+.PHONY: run test setup data clean bench
+
+run: setup
+	$(VENV)/bin/groupdiff demo
+
+test: setup
+	$(PY) -m pytest -q
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+# Built-in data: the Debian package dataset-fashion-mnist.
+data:
+	@bash infra/ensure-fmnist.sh
+
+bench: setup
+	$(PY) bench/attention.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,47 @@
+"""The ``groupdiff`` command: one subcommand per stage.
+
+Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parser and
+sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+Modules are imported lazily so ``groupdiff --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "groupdiff.commands.models",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="groupdiff", description="Group Diffusion: train, sample and evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def add_preset_arguments(parser: argparse.ArgumentParser, default: str = "tiny-fmnist") -> None:
+    """Common ``--preset NAME`` and ``--set section.field=value`` options."""
+    parser.add_argument("--preset", default=default, help=f"preset name or YAML path (default: {default})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.depth=6 (repeatable)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``groupdiff`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"groupdiff {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

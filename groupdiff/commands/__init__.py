@@ -1,0 +1,1 @@
+"""CLI subcommands (thin wrappers over stage functions)."""

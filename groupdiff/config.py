@@ -1,0 +1,224 @@
+"""Typed configuration: one source of truth for every number.
+
+Each section is a pydantic model whose fields carry a description and bounds, so the same classes
+validate YAML presets, CLI overrides and (in ``flows/``) render as Prefect UI forms.
+
+Presets are YAML files shipped in ``groupdiff/presets/``; :func:`load_preset` reads one by name and
+applies dotted overrides such as ``model.depth=6`` or ``sampler.num_steps=50``.
+
+Time convention (whole project): **t = 1 is pure noise, t = 0 is data**,
+``x_t = (1 - t) * x_0 + t * noise`` and the model predicts the velocity ``v = noise - x_0``
+(the released GroupDiff / REPA convention). Official SiT checkpoints use the opposite convention;
+``ModelConfig.time_convention`` records which one a set of weights was trained in and the model
+converts at its boundary (see ``groupdiff/models/sit.py``).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PRESET_PACKAGE = "groupdiff.presets"
+
+
+class _Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The SiT backbone with group attention (DESIGN 1.1-1.2)."""
+
+    name: str = Field(
+        "SiT-S/2",
+        description="Architecture: an official name from groupdiff.models.SiT_models (e.g. 'SiT-XL/2') "
+        "or 'custom' to use depth/hidden_size/num_heads/patch_size below.",
+    )
+    depth: int = Field(4, ge=1, le=64, description="Transformer blocks (only for name='custom').")
+    hidden_size: int = Field(128, ge=16, le=4096, description="Token width (only for name='custom').")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads (only for name='custom').")
+    patch_size: int = Field(4, ge=1, le=16, description="Patch side in pixels/latents (only for name='custom').")
+    mlp_ratio: float = Field(4.0, gt=0, le=16, description="MLP hidden width as a multiple of hidden_size.")
+    input_size: int = Field(32, ge=2, le=512, description="Side of the (latent) image the model sees.")
+    in_channels: int = Field(4, ge=1, le=64, description="Channels of the (latent) image: 4 for SD-VAE latents.")
+    num_classes: int = Field(1000, ge=1, le=100_000, description="Number of class labels; one extra null row is added for CFG.")
+    class_dropout_prob: float = Field(0.1, ge=0.0, le=1.0, description="Probability of replacing a group's label by null during training (CFG).")
+    learn_sigma: bool = Field(True, description="Official SiT layout: output 2*in_channels (second half unused by the ODE/SDE samplers).")
+    max_group_size: int = Field(16, ge=1, le=256, description="Rows of the sample-index embedding table; largest group N allowed.")
+    time_convention: Literal["noise_at_1", "noise_at_0"] = Field(
+        "noise_at_1",
+        description="Convention the weights were trained in: 'noise_at_1' (GroupDiff/REPA, ours) or "
+        "'noise_at_0' (official SiT checkpoints). The model converts at its boundary.",
+    )
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelConfig":
+        if self.name == "custom" and self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}"
+            )
+        if self.name == "custom" and self.input_size % self.patch_size != 0:
+            raise ValueError(
+                f"model.input_size={self.input_size} is not divisible by model.patch_size={self.patch_size}"
+            )
+        return self
+
+
+class TransportConfig(_Section):
+    """Linear interpolant with velocity prediction; how training timesteps are drawn (DESIGN 1.2, 1.4)."""
+
+    path: Literal["linear"] = Field("linear", description="Interpolant x_t = (1-t) x_0 + t noise (t=1 noise).")
+    prediction: Literal["velocity"] = Field("velocity", description="Model target: v = noise - x_0.")
+    train_t_min: float = Field(0.0, ge=0.0, lt=1.0, description="Smallest training timestep.")
+    train_t_max: float = Field(1.0, gt=0.0, le=1.0, description="Largest training timestep.")
+    group_t_offset: float = Field(
+        0.0, ge=0.0, le=0.5,
+        description="Intra-group timestep offset: members draw uniformly from t +- offset (clipped). 0 = one t per group.",
+    )
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "TransportConfig":
+        if self.train_t_min >= self.train_t_max:
+            raise ValueError(
+                f"transport.train_t_min={self.train_t_min} must be below transport.train_t_max={self.train_t_max}"
+            )
+        return self
+
+
+class SamplerConfig(_Section):
+    """Numerical integrator from noise (t=1) to data (t=0)."""
+
+    method: Literal["ode-euler", "ode-heun", "sde-euler"] = Field(
+        "sde-euler", description="ODE Euler, ODE Heun (2nd order) or SDE Euler-Maruyama."
+    )
+    num_steps: int = Field(250, ge=1, le=10_000, description="Integration steps (SDE: including the final mean step).")
+    sde_last_step: float = Field(
+        0.04, ge=0.0, lt=1.0, description="SDE: the last step jumps from t=sde_last_step to 0 taking the mean (no noise)."
+    )
+    ode_t_end: float = Field(0.0, ge=0.0, lt=1.0, description="ODE: integrate from t=1 down to this time.")
+    seed: int = Field(0, ge=0, description="Seed for the initial noise, SDE noise and sample ids.")
+
+
+class GuidanceConfig(_Section):
+    """Classifier-free guidance and GroupDiff inference (DESIGN 1.4)."""
+
+    mode: Literal["baseline", "groupdiff-f", "groupdiff-l"] = Field(
+        "baseline",
+        description="baseline: plain SiT CFG (N=1); groupdiff-f: both branches joint over the group; "
+        "groupdiff-l: conditional per image, unconditional joint over the group.",
+    )
+    group_size: int = Field(1, ge=1, le=256, description="Images per group N at inference.")
+    cfg_scale: float = Field(1.0, ge=0.0, le=50.0, description="Code convention v = v_u + s (v_c - v_u); 1 = no guidance.")
+    interval_low: float = Field(0.0, ge=0.0, le=1.0, description="Guidance applied for t in [interval_low, interval_high] (t=1 noise).")
+    interval_high: float = Field(1.0, ge=0.0, le=1.0, description="Upper end of the guidance interval (t=1 noise).")
+    guide_first_channels: int = Field(
+        0, ge=0, le=64, description="Legacy DiT switch: guide only the first K channels (3 in DiT/SiT legacy); 0 = all."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "GuidanceConfig":
+        if self.interval_low > self.interval_high:
+            raise ValueError(
+                f"guidance.interval_low={self.interval_low} is above guidance.interval_high={self.interval_high}"
+            )
+        if self.mode == "baseline" and self.group_size != 1:
+            raise ValueError(f"guidance.mode='baseline' needs guidance.group_size=1, got {self.group_size}")
+        return self
+
+
+class DataConfig(_Section):
+    """Which images to train on."""
+
+    dataset: Literal["fmnist"] = Field("fmnist", description="Built-in Fashion-MNIST (Debian package dataset-fashion-mnist).")
+    split: Literal["train", "test"] = Field("train", description="Dataset split.")
+    image_size: int = Field(32, ge=8, le=1024, description="Side the images are padded/resized to.")
+    limit: int = Field(0, ge=0, description="Use only the first N images (0 = all).")
+
+
+class DemoTrainConfig(_Section):
+    """A short single-process training loop for the demo (`make run`)."""
+
+    steps: int = Field(200, ge=1, le=1_000_000, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Images per step (groups of N count as N images).")
+    lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate (constant).")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    grad_clip: float = Field(3.0, ge=0.0, description="Max gradient norm (0 = off).")
+    seed: int = Field(0, ge=0, description="Seed for init, data order and noise.")
+    num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
+
+
+class GroupDiffConfig(_Section):
+    """The whole configuration: what a preset file holds."""
+
+    preset: str = Field("custom", description="Name of the preset this config came from.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Backbone.")
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="Interpolant and timesteps.")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Integrator.")
+    guidance: GuidanceConfig = Field(default_factory=GuidanceConfig, description="CFG and GroupDiff inference.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset.")
+    demo: DemoTrainConfig = Field(default_factory=DemoTrainConfig, description="Demo training loop.")
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> "GroupDiffConfig":
+        if self.guidance.group_size > self.model.max_group_size:
+            raise ValueError(
+                f"guidance.group_size={self.guidance.group_size} exceeds model.max_group_size={self.model.max_group_size}"
+            )
+        return self
+
+
+def available_presets() -> list[str]:
+    """Names of the preset files shipped in the package."""
+    root = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value with YAML rules (numbers, booleans, lists), leaving strings as strings."""
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted ``section.field=value`` overrides to a nested dict (returns a new dict)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, value in items:
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key!r}: {part!r} is a value, not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form section.field=value")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value)
+
+
+def load_preset(name_or_path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> GroupDiffConfig:
+    """Load a preset by name (``tiny-fmnist``) or from a YAML path and apply dotted overrides."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+        default_name = path.stem
+    else:
+        known = available_presets()
+        if str(name_or_path) not in known:
+            raise ValueError(f"unknown preset {str(name_or_path)!r}; expected one of {known} or a path to a .yaml file")
+        text = resources.files(PRESET_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text()
+        default_name = str(name_or_path)
+    data = yaml.safe_load(text) or {}
+    data.setdefault("preset", default_name)
+    data = apply_overrides(data, overrides or [])
+    return GroupDiffConfig.model_validate(data)

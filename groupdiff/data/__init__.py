@@ -1,0 +1,1 @@
+"""Datasets: built-in Fashion-MNIST and (later) ImageFolder / pre-encoded latents."""
