@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 PRESET_PACKAGE = "groupdiff.presets"
 
 
-class _Section(BaseModel):
-    """Base for config sections: unknown keys are errors, assignments are validated."""
+from .config_base import Section
+from .data.config import DataConfig
+from .grouping.config import EmbedConfig, MineConfig
+from .train.config import TrainConfig
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Section = Section
 
 
 class ModelConfig(_Section):
@@ -130,15 +132,6 @@ class GuidanceConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
-    """Which images to train on."""
-
-    dataset: Literal["fmnist"] = Field("fmnist", description="Built-in Fashion-MNIST (Debian package dataset-fashion-mnist).")
-    split: Literal["train", "test"] = Field("train", description="Dataset split.")
-    image_size: int = Field(32, ge=8, le=1024, description="Side the images are padded/resized to.")
-    limit: int = Field(0, ge=0, description="Use only the first N images (0 = all).")
-
-
 class DemoTrainConfig(_Section):
     """A short single-process training loop for the demo (`make run`)."""
 
@@ -160,6 +153,9 @@ class GroupDiffConfig(_Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Integrator.")
     guidance: GuidanceConfig = Field(default_factory=GuidanceConfig, description="CFG and GroupDiff inference.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset.")
+    embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Image embeddings for group mining.")
+    mine: MineConfig = Field(default_factory=MineConfig, description="Group mining.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training (DeepSpeed).")
     demo: DemoTrainConfig = Field(default_factory=DemoTrainConfig, description="Demo training loop.")
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Group mining: embeddings, similarity index, group tables and epoch plans."""
