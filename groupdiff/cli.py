@@ -12,6 +12,14 @@ import sys
 
 COMMAND_MODULES = [
     "groupdiff.commands.models",
+    "groupdiff.commands.stack",
+    "groupdiff.commands.train",
+    "groupdiff.commands.demo",
+    "groupdiff.commands.sample",
+    "groupdiff.commands.embed",
+    "groupdiff.commands.mine",
+    "groupdiff.commands.train_classifier",
+    "groupdiff.commands.encode_latents",
 ]
 
 
