@@ -99,7 +99,9 @@ class SamplerConfig(_Section):
     )
     num_steps: int = Field(250, ge=1, le=10_000, description="Integration steps (SDE: including the final mean step).")
     sde_last_step: float = Field(
-        0.04, ge=0.0, lt=1.0, description="SDE: the last step jumps from t=sde_last_step to 0 taking the mean (no noise)."
+        0.04, gt=0.0, lt=1.0,
+        description="SDE: the last step jumps from t=sde_last_step to 0 taking the mean (no noise); "
+        "> 0 because the score is undefined at t=0.",
     )
     ode_t_end: float = Field(0.0, ge=0.0, lt=1.0, description="ODE: integrate from t=1 down to this time.")
     seed: int = Field(0, ge=0, description="Seed for the initial noise, SDE noise and sample ids.")

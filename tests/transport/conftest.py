@@ -58,6 +58,15 @@ class Gaussian:
         return self.mu + self.sigma * z
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests are many small ops: one torch thread avoids oversubscribing a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def gaussian() -> Gaussian:
     return Gaussian(mu=[1.0, -0.5, 0.0], sigma=[0.5, 1.5, 0.2])
