@@ -72,3 +72,18 @@ def test_bad_inputs_are_named():
         feature_stats(np.zeros((1, 3)))
     with pytest.raises(ValueError, match="NaN"):
         frechet_distance(np.array([np.nan]), [[1.0]], [0.0], [[1.0]])
+
+
+def test_eigh_method_agrees_with_sqrtm():
+    rng = np.random.default_rng(5)
+    for dim in (1, 7, 60):
+        mu1, mu2 = rng.normal(size=dim), rng.normal(size=dim)
+        s1, s2 = _random_spd(rng, dim), _random_spd(rng, dim)
+        assert frechet_distance(mu1, s1, mu2, s2, method="eigh") == pytest.approx(
+            frechet_distance(mu1, s1, mu2, s2), rel=1e-8)
+    a = feature_stats(rng.normal(size=(5, 40)))  # singular: both stay finite and close
+    b = feature_stats(rng.normal(size=(5, 40)) + 1.0)
+    assert frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method="eigh") == pytest.approx(
+        frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-4)
+    with pytest.raises(ValueError, match="method"):
+        frechet_distance([0.0], [[1.0]], [0.0], [[1.0]], method="svd")

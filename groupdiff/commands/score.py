@@ -1,0 +1,47 @@
+"""``groupdiff score``: a samples ``.npz`` -> metrics JSON (FID/sFID/IS/P/R or the built-in fmnist metrics)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "score", help="score a samples .npz: fid/sfid/is/precision/recall (inception) or *_fmnist (classifier)",
+        description="One feature pass per space. 'inception' needs --reference (ADM reference batch) and "
+        "--inception-weights (or $GROUPDIFF_INCEPTION_WEIGHTS); 'fmnist' needs --classifier-weights and uses "
+        "the built-in test split as reference unless --reference is given.",
+    )
+    parser.add_argument("samples", help="samples .npz (arr_0 uint8 NHWC)")
+    parser.add_argument("--out", default="", help="metrics JSON (default: metrics.json beside the samples)")
+    parser.add_argument("--space", dest="spaces", action="append", choices=["inception", "fmnist"],
+                        help="feature space (repeatable; default fmnist)")
+    parser.add_argument("--reference", default="", help="reference batch .npz (arr_0 and/or mu, sigma, mu_s, sigma_s)")
+    parser.add_argument("--inception-weights", default="", help="FID InceptionV3 weights file (path or file:// URI)")
+    parser.add_argument("--classifier-weights", default="", help="built-in classifier .safetensors")
+    parser.add_argument("--reference-limit", type=int, default=0, help="first N built-in test images (0 = all)")
+    parser.add_argument("--cache-dir", default="", help="cache for reference statistics")
+    parser.add_argument("--pr-k", type=int, default=3)
+    parser.add_argument("--is-splits", type=int, default=1)
+    parser.add_argument("--fd-method", choices=["sqrtm", "eigh"], default="sqrtm",
+                        help="Fréchet trace term: sqrtm (reference, default) or eigh (faster, same value)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..metrics.score import ScoreConfig
+    from ..metrics.score import run as run_score
+
+    config = ScoreConfig(
+        samples=args.samples, out=args.out, spaces=args.spaces or ["fmnist"], reference=args.reference,
+        inception_weights=args.inception_weights, classifier_weights=args.classifier_weights,
+        fmnist_reference_limit=args.reference_limit, cache_dir=args.cache_dir, pr_k=args.pr_k,
+        is_splits=args.is_splits, fd_method=args.fd_method, batch_size=args.batch_size, device=args.device,
+    )
+    result = run_score(config)
+    print(json.dumps(result["metrics"], indent=2))
+    print(f"written {result['path']}")
+    return 0

@@ -1,0 +1,77 @@
+"""Metrics on the built-in data in the feature space of the classifier trained on it (DESIGN 1.6).
+
+The space is named ``fmnist``: the Fréchet distance of its penultimate features is reported as
+``fd_fmnist`` (never "FID": it is not InceptionV3 and not comparable with published numbers), its
+logits give ``is_fmnist``, and its features ``precision_fmnist`` / ``recall_fmnist``. The classifier has
+no spatial layer in the sFID sense, so there is no ``sfd_fmnist``.
+
+Images are fed at the classifier's own resolution (its ``arch["image_size"]``); samples of another size
+are refused rather than resized, because resizing would change the statistics being compared. The
+reference is the Fashion-MNIST test split (padded to that size exactly as the training data), cached by
+the digest of its pixels and of the classifier's weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.digest import file_digest
+from .npz import to_uint8_nhwc
+from .reference import CallableSpace, ReferenceStats, reference_from_images
+
+SPACE = "fmnist"
+
+
+def classifier_space_from_callables(
+    features: Callable[[torch.Tensor], torch.Tensor], logits: Callable[[torch.Tensor], torch.Tensor],
+    image_size: int, digest: str, name: str = SPACE, batch_size: int = 256, device: str = "cpu",
+) -> CallableSpace:
+    """A feature space from any ``features(x)`` / ``logits(x)`` over images (B, C, S, S) in [-1, 1]."""
+
+    @torch.no_grad()
+    def fn(images: np.ndarray) -> dict[str, np.ndarray]:
+        images = np.asarray(images)
+        if images.shape[1:3] != (image_size, image_size):
+            raise ValueError(
+                f"images are {images.shape[1]}x{images.shape[2]} but the {name} classifier takes "
+                f"{image_size}x{image_size}; sample at the training resolution (images are not resized)"
+            )
+        out: dict[str, list[np.ndarray]] = {"pool": [], "logits": []}
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(images[start : start + batch_size]).to(device)
+            x = chunk.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            out["pool"].append(features(x).double().cpu().numpy())
+            out["logits"].append(logits(x).double().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    return CallableSpace(name=name, digest=digest, fn=fn)
+
+
+def classifier_space(weights: str | Path, device: str = "cpu", batch_size: int = 256) -> CallableSpace:
+    """The ``fmnist`` space from a classifier file written by ``groupdiff train-classifier``."""
+    from ..encoders.classifier import load_classifier
+
+    model, _ = load_classifier(weights, device)
+    return classifier_space_from_callables(
+        model.features, model.logits, int(model.arch["image_size"]), file_digest(weights),
+        batch_size=batch_size, device=device,
+    )
+
+
+def fmnist_reference_images(image_size: int, split: str = "test", limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Built-in reference images as uint8 NHWC at ``image_size`` (padded as for training) and labels."""
+    from ..data.fmnist import load_fmnist
+
+    images, labels = load_fmnist(split, image_size, limit)
+    return to_uint8_nhwc(images), labels.numpy()
+
+
+def fmnist_reference(
+    space: CallableSpace, image_size: int, split: str = "test", limit: int = 0, cache_dir: str | Path | None = None,
+) -> ReferenceStats:
+    """Reference statistics of the built-in data in ``space`` (cached, see the module docstring)."""
+    images, _ = fmnist_reference_images(image_size, split, limit)
+    return reference_from_images(images, space, cache_dir)  # cache key: digest of the reference pixels
