@@ -1,0 +1,58 @@
+"""The run's tracker: ``<run>/metrics.jsonl`` plus an optional plugged-in one (issue 4, item 7).
+
+``registry/`` logs launched ranks to MLflow without ``groupdiff`` importing MLflow: it sets
+``GROUPDIFF_TRACKER=module:factory`` in the environment of ``groupdiff train``; rank 0 calls
+``factory(run_dir)`` and sends every record to both trackers.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from ..tracking import JsonlTracker, Tracker
+
+TRACKER_ENV = "GROUPDIFF_TRACKER"
+
+
+class _Tee:
+    """Sends every call to several trackers (the run's JSONL file and a plugged-in one)."""
+
+    def __init__(self, *trackers: Tracker):
+        self.trackers = trackers
+
+    def log_params(self, params):
+        for tr in self.trackers:
+            tr.log_params(params)
+
+    def log_metrics(self, metrics, step=None):
+        for tr in self.trackers:
+            tr.log_metrics(metrics, step)
+
+    def log_artifact(self, path, name=None):
+        for tr in self.trackers:
+            tr.log_artifact(path, name)
+
+    def close(self):
+        for tr in self.trackers:
+            tr.close()
+
+
+def default_tracker(run_dir: Path) -> Tracker:
+    """``<run>/metrics.jsonl``, plus the tracker ``$GROUPDIFF_TRACKER`` names (how ``registry/`` plugs MLflow
+    into launched ranks without ``groupdiff`` importing it)."""
+    jsonl = JsonlTracker(run_dir / "metrics.jsonl")
+    spec = os.environ.get(TRACKER_ENV, "")
+    if not spec:
+        return jsonl
+    try:
+        module, _, name = spec.partition(":")
+        if not module or not name:
+            raise ValueError(f"{TRACKER_ENV}={spec!r}; expected 'module:factory'")
+        plugged = getattr(importlib.import_module(module), name)(run_dir)
+        if not isinstance(plugged, Tracker):
+            raise TypeError(f"{TRACKER_ENV}={spec!r} gave a {type(plugged).__name__}, not a groupdiff.tracking.Tracker")
+    except Exception:
+        jsonl.close()
+        raise
+    return _Tee(jsonl, plugged)
