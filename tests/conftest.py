@@ -1,0 +1,52 @@
+"""Session fixtures shared by tests/registry and tests/infra: one local stack (PostgreSQL, moto S3,
+Prefect server + worker, MLflow server) on free ports of 127.0.0.1, started once and stopped after."""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+log = logging.getLogger("groupdiff.stack")
+
+
+@pytest.fixture(scope="session")
+def local_stack():
+    """A running local stack: yields its ``StackConfig``; teardown stops it and checks nothing is left."""
+    from infra.config import StackConfig
+    from infra.process import free_port, group_alive, read_pid
+    from infra.stack import down, up
+
+    # under /tmp (not pytest's 0700 tmp folder) so the unprivileged PostgreSQL user can enter it
+    state = Path(tempfile.mkdtemp(prefix="groupdiff-stack-"))
+    state.chmod(0o755)
+    ports = {f"{n}_port": free_port() for n in ("postgres", "s3", "prefect", "worker", "mlflow")}
+    config = StackConfig(state_dir=state, start_timeout_s=240, pg_durable=False, **ports)
+    pids: dict[str, int | None] = {}
+    try:
+        up(config, echo=log.info)
+        pids = {name: read_pid(state, name) for name in config.services}
+        yield config
+    finally:
+        t0 = time.monotonic()
+        down(config, echo=log.info)
+        log.info("down took %.1fs", time.monotonic() - t0)
+    left = [name for name, pid in pids.items() if pid is not None and group_alive(pid)]
+    t0 = time.monotonic()
+    shutil.rmtree(state, ignore_errors=True)
+    log.info("rmtree took %.1fs", time.monotonic() - t0)
+    assert not left, f"processes left after down: {left}"
+
+
+@pytest.fixture
+def stack_env(local_stack, monkeypatch):
+    """Client environment (S3 endpoint + credentials, MLflow and Prefect URLs) of the running stack."""
+    from infra.stack import client_env
+
+    env = client_env(local_stack)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
