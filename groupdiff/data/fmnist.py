@@ -74,7 +74,7 @@ def load_fmnist_uint8(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
 
 def to_model_range(images: np.ndarray, image_size: int) -> torch.Tensor:
     """uint8 (N, H, W) -> float (N, 1, S, S) in [-1, 1]: zero-padded (black) when S >= H, else resized."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0).unsqueeze(1)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div(127.5).sub(1.0).unsqueeze(1)  # copy: IDX buffers are read-only
     h = x.shape[-1]
     if image_size >= h:
         pad = image_size - h

@@ -141,3 +141,13 @@ def test_shard_errors():
         shard_batch(batch, 0, 2)
     with pytest.raises(ValueError, match="rank=2"):
         shard_batch(batch, 2, 2)
+
+
+def test_ineligible_items_never_anchor():
+    nb = _knn(400, 10)
+    eligible = np.zeros(400, dtype=bool)
+    eligible[::2] = True
+    plan = build_epoch_plan("groupdiff-l", 400, 40, 4, 0, 0, neighbours=nb, group_ratio=0.5, eligible=eligible)
+    anchors = [g[0] for b in plan if b.unconditional for g in b.indices.reshape(-1, 4)]
+    assert anchors and all(eligible[a] for a in anchors)
+    assert len(np.unique(_all(plan))) == 400

@@ -1,0 +1,144 @@
+"""``classifier`` encoder: a small CNN trained on the built-in data (``groupdiff train-classifier``).
+
+Its penultimate layer is an embedding for group mining, and the same ``features`` / ``logits`` API
+serves evaluation on the built-in data (DESIGN 1.6: metrics "in the feature space of a classifier we
+train on it", named honestly, e.g. ``fd_fmnist``). Weights are one safetensors file whose metadata
+holds the architecture, so loading needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..data.digest import digest_arrays
+from .base import require_weights
+from .config import ClassifierConfig
+
+WEIGHTS_HINT = "Train it first: `groupdiff train-classifier --out <path>.safetensors`, then set embed.weights=<path>."
+
+
+class SmallCNN(nn.Module):
+    """Three conv stages (width, 2*width, 4*width; BatchNorm, ReLU, 2x max-pool), global average pool,
+    a ``feature_dim`` hidden layer (the features) and a linear classification head."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128,
+                 image_size: int = 32):
+        super().__init__()
+        self.arch = {"in_channels": in_channels, "num_classes": num_classes, "width": width,
+                     "feature_dim": feature_dim, "image_size": image_size}
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for mult in (1, 2, 4):
+            layers += [nn.Conv2d(c_in, width * mult, 3, padding=1, bias=False), nn.BatchNorm2d(width * mult),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = width * mult
+        self.body = nn.Sequential(*layers)
+        self.hidden = nn.Linear(c_in, feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate pre-activations (B, feature_dim): signed, so their cosine separates images well
+        (post-ReLU features are non-negative and every pair has cosine near 1)."""
+        return self.hidden(self.body(images).mean(dim=(2, 3)))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (B, feature_dim) of images (B, C, S, S) in [-1, 1] (evaluation features)."""
+        return F.relu(self.embedding(images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes)."""
+        return self.head(self.features(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images)
+
+
+def save_classifier(model: SmallCNN, path: Path, extra: dict | None = None) -> None:
+    """Weights + architecture (and ``extra`` metrics) in one safetensors file, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"arch": json.dumps(model.arch), "extra": json.dumps(extra or {})})
+    tmp.replace(path)
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[SmallCNN, dict]:
+    """The classifier saved at ``path`` (eval mode) and its metadata."""
+    p = require_weights(str(path), "classifier encoder", WEIGHTS_HINT)
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "arch" not in meta:
+        raise ValueError(f"{p} is not a groupdiff classifier file (no 'arch' metadata). {WEIGHTS_HINT}")
+    model = SmallCNN(**json.loads(meta["arch"]))
+    model.load_state_dict(load_file(str(p)))
+    return model.to(device).eval(), json.loads(meta.get("extra", "{}"))
+
+
+class ClassifierEncoder:
+    """Embeddings = the classifier's penultimate pre-activations (:meth:`SmallCNN.embedding`)."""
+
+    name = "classifier"
+
+    def __init__(self, model: SmallCNN, digest: str, device: str | torch.device = "cpu"):
+        self.model, self.digest, self.device = model, digest, device
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu") -> "ClassifierEncoder":
+        model, _ = load_classifier(path, device)
+        digest = digest_arrays(*[v.cpu().numpy() for v in model.state_dict().values()])
+        return cls(model, digest, device)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        expected = self.model.arch["in_channels"]
+        if images.shape[1] != expected:
+            raise ValueError(f"the classifier was trained on {expected}-channel images, got {images.shape[1]} channels "
+                             f"(train one on this data with `groupdiff train-classifier`)")
+        return self.model.embedding(images.to(self.device).float()).cpu()
+
+
+@torch.no_grad()
+def accuracy(model: SmallCNN, dataset, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset``."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    correct = total = 0
+    for x, y in loader:
+        correct += (model.logits(x.float()).argmax(1) == y).sum().item()
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def train_classifier(train_set, eval_set, config: ClassifierConfig, out_path: Path) -> dict:
+    """Train a :class:`SmallCNN` on ``train_set``, report accuracy on ``eval_set``, save to ``out_path``."""
+    torch.manual_seed(config.seed)
+    image, _ = train_set[0]
+    model = SmallCNN(image.shape[0], train_set.num_classes, config.width, config.feature_dim, image.shape[-1])
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=gen,
+                                         drop_last=len(train_set) > config.batch_size)
+    losses: list[float] = []
+    for epoch in range(config.epochs):
+        model.train()
+        for x, y in tqdm(loader, desc=f"classifier epoch {epoch + 1}/{config.epochs}", unit="batch"):
+            loss = F.cross_entropy(model(x.float()), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    metrics = {"eval_accuracy": accuracy(model, eval_set), "final_loss": float(np.mean(losses[-20:])),
+               "first_loss": float(np.mean(losses[:5])), "train_images": len(train_set),
+               "eval_images": len(eval_set), "train_digest": train_set.digest, "config": config.model_dump()}
+    save_classifier(model, out_path, metrics)
+    return metrics
