@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fidelity import DEFAULT_K, inception_score, precision_recall
-from .frechet import DEFAULT_EPS, feature_stats, stats_distance
+from .frechet import DEFAULT_EPS, features_distance
 from .reference import ReferenceStats
 
 INCEPTION = "inception"
@@ -30,7 +30,7 @@ def compute_metrics(
     k: int = DEFAULT_K,
     is_splits: int = 1,
     eps: float = DEFAULT_EPS,
-    fd_method: str = "sqrtm",
+    fd_method: str = "eigh",
     device: str = "cpu",
 ) -> dict[str, float]:
     """Fréchet distance(s), Inception score and precision/recall of ``features`` against ``reference``.
@@ -45,9 +45,9 @@ def compute_metrics(
             f"sample features have {pool.shape[1]} dims but the reference statistics have "
             f"{reference.pool.mu.shape[0]}: were they made in another feature space than {space!r}?"
         )
-    out = {names["fd"]: stats_distance(feature_stats(pool), reference.pool, eps=eps, method=fd_method)}
+    out = {names["fd"]: features_distance(pool, reference.pool, eps=eps, method=fd_method)}
     if "spatial" in features and reference.spatial is not None:
-        out[names["sfd"]] = stats_distance(feature_stats(features["spatial"]), reference.spatial, eps=eps, method=fd_method)
+        out[names["sfd"]] = features_distance(features["spatial"], reference.spatial, eps=eps, method=fd_method)
     if "logits" in features:
         out[names["is"]] = inception_score(features["logits"], splits=is_splits)[0]
     if reference.pool_features is not None:

@@ -5,7 +5,10 @@
 This is plain maths, kept apart from any feature extractor: FID is this function on InceptionV3 pool3
 statistics, sFID on its spatial ``mixed_6/conv`` statistics, ``fd_fmnist`` on a Fashion-MNIST
 classifier's features. The computation follows the reference implementations (TTUR / ADM evaluator)
-in float64 with ``scipy.linalg.sqrtm``.
+in float64 with ``scipy.linalg.sqrtm`` (``method="sqrtm"``), or with symmetric eigendecompositions
+(``method="eigh"``, the scoring default: the same value to rounding, several times faster, and exact in
+the N-dimensional sample space when there are fewer samples than dimensions, see
+:func:`features_distance`).
 
 Ill-conditioned covariances: with fewer samples than dimensions (or duplicated features) the product
 ``S1 S2`` is singular and ``sqrtm`` can return non-finite values or a large imaginary part. Then, and
@@ -69,10 +72,13 @@ def _sqrtm_product(sigma1: np.ndarray, sigma2: np.ndarray) -> np.ndarray:
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr((S1 S2)^{1/2}) = sum sqrt(eig(S1^{1/2} S2 S1^{1/2})) with two symmetric eigendecompositions."""
+    """Tr((S1 S2)^{1/2}) = sum sqrt(eig(R^T S2 R)) with ``S1 = R R^T``, ``R = V diag(sqrt(w))`` from eigh(S1).
+
+    ``R^T S2 R`` is ``V^T (S1^{1/2} S2 S1^{1/2}) V``: the same eigenvalues, one matrix product fewer.
+    """
     w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = root1 @ sigma2 @ root1
+    factor = v * np.sqrt(np.clip(w, 0, None))
+    middle = factor.T @ sigma2 @ factor
     eig = np.linalg.eigvalsh((middle + middle.T) / 2)
     return float(np.sqrt(np.clip(eig, 0, None)).sum())
 
@@ -127,3 +133,29 @@ def _imag_too_large(covmean: np.ndarray) -> bool:
 def stats_distance(a: FeatureStats, b: FeatureStats, eps: float = DEFAULT_EPS, method: str = "sqrtm") -> float:
     """:func:`frechet_distance` of two :class:`FeatureStats`."""
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, eps=eps, method=method)
+
+
+def features_distance(features: np.ndarray, other: FeatureStats, eps: float = DEFAULT_EPS, method: str = "eigh") -> float:
+    """Fréchet distance between the Gaussian fit of ``features`` (N, D) and ``other``.
+
+    With ``method="eigh"`` and ``N <= D`` (fewer samples than feature dimensions, e.g. 1K samples in
+    2048-d pool3) the trace term is computed exactly in the N-dimensional sample space instead of
+    decomposing D x D matrices: with ``C`` the centred features over ``sqrt(N - 1)``, ``S1 = C^T C`` and
+    the non-zero eigenvalues of ``S1 S2`` are those of the symmetric N x N matrix ``C S2 C^T``
+    (Sylvester), so ``Tr((S1 S2)^{1/2}) = sum sqrt(eig(C S2 C^T))`` (eigenvalues clipped at 0 as in the
+    ``eigh`` method). Same value to rounding, and milliseconds instead of seconds at D = 2048. Otherwise
+    (``N > D`` or ``method="sqrtm"``) this is :func:`stats_distance` of :func:`feature_stats`.
+    """
+    stats = feature_stats(features)
+    n, dim = np.shape(features)
+    if method != "eigh" or n > dim or other.mu.shape != stats.mu.shape:
+        return stats_distance(stats, other, eps=eps, method=method)
+    for name, arr in (("mu", other.mu), ("sigma", other.sigma)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"reference {name} contains NaN or infinite values")
+    centred = (np.asarray(features, np.float64) - stats.mu) / np.sqrt(n - 1)
+    middle = centred @ other.sigma @ centred.T
+    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+    trace_covmean = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    diff = stats.mu - other.mu
+    return float(diff @ diff + np.trace(stats.sigma) + np.trace(other.sigma) - 2.0 * trace_covmean)

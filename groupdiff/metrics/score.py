@@ -42,7 +42,8 @@ class ScoreConfig(Section):
     is_splits: int = Field(1, ge=1, le=100, description="Inception-score splits (ADM reports 10 on 50K).")
     eps: float = Field(DEFAULT_EPS, gt=0.0, le=1.0, description="Covariance offset for ill-conditioned Fréchet.")
     fd_method: Literal["sqrtm", "eigh"] = Field(
-        "sqrtm", description="Fréchet trace term: 'sqrtm' (reference, as ADM) or 'eigh' (faster, same value)."
+        "eigh", description="Fréchet trace term: 'eigh' (symmetric eigendecompositions, exact low-rank route for "
+        "fewer samples than dimensions; same value to rounding, seconds faster) or 'sqrtm' (scipy sqrtm, as ADM)."
     )
     batch_size: int = Field(64, ge=1, le=65_536, description="Images per feature-extractor batch.")
     device: str = Field("cpu", min_length=1, description="torch device of the feature extractors.")
@@ -70,9 +71,13 @@ def _space_and_reference(name: str, config: ScoreConfig, image_size: int) -> tup
 
 def sample_context(samples: Path) -> dict:
     """Mode, group size, cfg scale and sampler of a samples file written by the sample stage (if known)."""
-    record_path = samples.parent.parent / "sample.json"
-    if not record_path.is_file():
-        return {}
+    folder = samples.parent.parent
+    record_path = folder / "sample.json"
+    if not record_path.is_file():  # a sharded run writes one record per rank: they share the config
+        ranks = sorted(folder.glob("sample.rank*.json"))
+        if not ranks:
+            return {}
+        record_path = ranks[0]
     record = json.loads(record_path.read_text())
     config = record.get("config", {})
     guidance, sampler = config.get("guidance", {}), config.get("sampler", {})

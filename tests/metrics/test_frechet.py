@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from groupdiff.metrics.frechet import FeatureStats, feature_stats, frechet_distance
+from groupdiff.metrics.frechet import FeatureStats, feature_stats, features_distance, frechet_distance, stats_distance
 
 
 def _random_spd(rng, dim):
@@ -87,3 +87,19 @@ def test_eigh_method_agrees_with_sqrtm():
         frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-4)
     with pytest.raises(ValueError, match="method"):
         frechet_distance([0.0], [[1.0]], [0.0], [[1.0]], method="svd")
+
+
+def test_features_distance_low_rank_route_equals_full_computation():
+    rng = np.random.default_rng(6)
+    mixing = rng.normal(size=(50, 50))
+    reference = feature_stats(rng.normal(size=(300, 50)) @ mixing)
+    for n in (7, 50, 120):  # fewer samples than dims (exact N x N route), equal, more (D x D eigh)
+        x = rng.normal(loc=0.3, size=(n, 50)) @ mixing
+        full = stats_distance(feature_stats(x), reference, method="sqrtm")
+        assert features_distance(x, reference) == pytest.approx(full, rel=1e-7)
+        assert features_distance(x, reference, method="sqrtm") == full
+    # a set against its own statistics: 0 up to rounding, also through the low-rank route
+    x = rng.normal(size=(10, 50))
+    assert abs(features_distance(x, feature_stats(x))) < 1e-7 * np.trace(feature_stats(x).sigma)  # sqrt of ~0 eigenvalues
+    with pytest.raises(ValueError, match="means must be vectors of one length"):
+        features_distance(x, feature_stats(rng.normal(size=(10, 40))))

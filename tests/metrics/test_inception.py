@@ -66,3 +66,18 @@ def test_layouts():
         to_nchw_uint8(np.zeros((1, 4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="1 or 3 channels"):
         to_nchw_uint8(np.zeros((1, 4, 4, 4), np.uint8))
+
+
+def test_tf32_is_off_during_the_pass_and_restored(random_inception_weights):
+    extractor = InceptionFeatures(random_inception_weights, batch_size=2)
+    seen = []
+    extractor.net.register_forward_pre_hook(
+        lambda m, a: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        extractor(np.zeros((1, 8, 8, 3), np.uint8))
+        assert seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 is True  # the caller's setting comes back
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

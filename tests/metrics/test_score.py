@@ -151,3 +151,18 @@ def test_missing_inception_weights_cli_error(tmp_path, capsys, monkeypatch):
     code = main(["score", str(samples), "--space", "inception", "--reference", str(tmp_path / "ref.npz")])
     assert code == 2
     assert "weights-inception-2015-12-05" in capsys.readouterr().err
+
+
+def test_sample_context_read_from_a_sharded_run(tmp_path):
+    from groupdiff.metrics.score import sample_context
+
+    samples = _write(tmp_path / "run" / "cfg2.5" / "samples.npz", np.zeros((4, 8, 8, 1), np.uint8))
+    assert sample_context(samples) == {}  # no record at all
+    record = {"config": {"guidance": {"mode": "groupdiff-l", "group_size": 4, "cfg_scale": 1.0,
+                                      "interval_low": 0.25, "interval_high": 0.75},
+                         "sampler": {"method": "sde-euler", "num_steps": 250, "seed": 3}}}
+    (tmp_path / "run" / "sample.rank1.json").write_text(json.dumps(record))  # world_size > 1: one per rank
+    context = sample_context(samples)
+    assert context["mode"] == "groupdiff-l" and context["group_size"] == 4 and context["num_steps"] == 250
+    assert context["cfg_scale"] == 2.5  # from the cfg<s> folder, not the config's default scale
+    assert context["interval"] == [0.25, 0.75]
