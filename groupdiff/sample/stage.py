@@ -92,6 +92,19 @@ def derive_seed(seed: int, first_group: int) -> int:
     return int(np.random.SeedSequence([seed, first_group]).generate_state(1, dtype=np.uint32)[0])
 
 
+def resolve_checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint folder from a folder, a training run directory or its ``checkpoints/latest`` pointer."""
+    from ..train.checkpoint import LATEST, find_latest
+
+    folder = Path(path)
+    if folder.is_file() and folder.name == LATEST:  # the trainer's pointer file names the folder beside it
+        return folder.parent / folder.read_text().strip()
+    if (folder / WEIGHTS_FILE).is_file():
+        return folder
+    latest = find_latest(folder)  # a run directory: its latest complete checkpoint
+    return latest if latest is not None else folder
+
+
 def load_model_and_config(
     checkpoint: str | Path | None, preset: str = "tiny-fmnist", overrides: list[str] | None = None,
     init_seed: int = 0,
@@ -101,7 +114,7 @@ def load_model_and_config(
     from ..models import build_model, read_state_dict
 
     if checkpoint:
-        folder = Path(checkpoint)
+        folder = resolve_checkpoint_dir(checkpoint)
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"checkpoint dir {str(folder)!r} has no {name} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")

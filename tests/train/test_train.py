@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from groupdiff.models import build_model, official_state_dict
 from groupdiff.sample.generate import generate
-from groupdiff.sample.stage import load_model_and_config
+from groupdiff.sample.stage import load_model_and_config, resolve_checkpoint_dir
 from groupdiff.tracking import JsonlTracker
 from groupdiff.train.checkpoint import find_latest
 from groupdiff.train.trainer import NonFiniteLossError, train
@@ -31,6 +31,9 @@ def test_each_variant_trains_and_checkpoints(variant, tmp_path, tiny_config, fmn
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()) == ["step_00000002", "step_00000004"]
     # the checkpoint folder is what the sampler loads: EMA weights + config, then images come out
     model, saved = load_model_and_config(ckpt)
+    # the run directory and the trainer's `latest` pointer file resolve to that same checkpoint
+    for handle in (tmp_path, tmp_path / "checkpoints" / "latest"):
+        assert resolve_checkpoint_dir(handle) == ckpt
     torch.testing.assert_close(model.state_dict()["final_layer.linear.weight"],
                                load_file(str(ckpt / "model.safetensors"))["final_layer.linear.weight"])
     mode, n = ("baseline", 1) if variant == "baseline" else (variant, 4)
