@@ -16,10 +16,13 @@ COMMAND_MODULES = [
     "groupdiff.commands.train",
     "groupdiff.commands.demo",
     "groupdiff.commands.sample",
+    "groupdiff.commands.score",
+    "groupdiff.commands.report",
     "groupdiff.commands.embed",
     "groupdiff.commands.mine",
     "groupdiff.commands.train_classifier",
     "groupdiff.commands.encode_latents",
+    "groupdiff.commands.run",
 ]
 
 
