@@ -1,0 +1,177 @@
+"""Data-side tasks: dataset digest, the built-in classifier (evaluation features), embed and mine.
+
+Each cached task computes into a local work folder, uploads to the object store under the layout of
+DESIGN 2.3 (``weights/``, ``embeddings/<encoder>/<digest>/``, ``groups/<digest>/``) and records the
+artefact in the catalogue. A manifest object is written last, so an object already in the store (for
+instance after the Prefect cache was cleared) is reused instead of recomputed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from groupdiff.config import GroupDiffConfig
+
+from .common import stage_digest, stage_run, task_options
+from .records import Records, RecordsConfig
+
+MANIFEST = "manifest.json"
+
+
+def data_digest_inputs(config: GroupDiffConfig) -> dict:
+    """The data config fields that fix the images (not reader settings)."""
+    return config.data.model_dump(exclude={"num_workers", "vae"})
+
+
+def fetch(records: Records, prefix: str, folder: Path) -> Path:
+    """Download ``prefix`` into ``folder`` unless its manifest is already there (verified reads)."""
+    if not (folder / MANIFEST).is_file():
+        records.store.get_dir(prefix, folder)
+    return folder
+
+
+def publish(records: Records, prefix: str, folder: Path, manifest: dict) -> str:
+    """Upload ``folder`` to ``prefix`` and write the manifest object last; returns the prefix's URI."""
+    import json
+
+    records.store.put_dir(prefix, folder)
+    records.store.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return records.store.uri(prefix)
+
+
+def already_published(records: Records, prefix: str) -> dict | None:
+    """The manifest of ``prefix`` if the store holds the finished artefact."""
+    import json
+
+    key = f"{prefix}/{MANIFEST}"
+    return json.loads(records.store.get_bytes(key)) if records.store.exists(key) else None
+
+
+@task(name="dataset", retries=2, retry_delay_seconds=[2, 4])
+def dataset_task(config: GroupDiffConfig, records: RecordsConfig) -> dict:
+    """The dataset's content digest (never cached: new data means a new digest) recorded in the catalogue."""
+    from groupdiff.data.datasets import build_dataset
+    from registry.catalogue.records import record_dataset
+
+    dataset = build_dataset(config.data)
+    rec = Records(records)
+    name = f"{config.data.dataset}-{config.data.split}"
+    uri = f"builtin://{name}" if config.data.dataset == "fmnist" else config.data.root
+    with rec.catalogue.begin() as session:
+        record_dataset(session, name, dataset.digest, uri, data_digest_inputs(config))
+    return {"digest": dataset.digest, "name": name, "uri": uri, "num_items": len(dataset)}
+
+
+@task(**task_options("classifier"))
+def classifier_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, parent_run_id: str | None) -> dict:
+    """Train (or reuse) the built-in classifier: features of ``fd_fmnist`` and of the classifier encoder."""
+    from registry.layout import weights_key
+
+    rec = Records(records)
+    prefix = weights_key(f"classifier/{digest}")
+    folder = rec.work("classifier", digest)
+    if (done := already_published(rec, prefix)) is None:
+        import torch
+
+        from groupdiff.data.datasets import fmnist_dataset
+        from groupdiff.encoders.classifier import train_classifier
+
+        cfg = config.embed.classifier
+        with stage_run(rec, parent_run_id, "classifier", cfg.model_dump()) as run_id:
+            torch.manual_seed(cfg.seed)
+            train = fmnist_dataset("train", config.data.image_size, cfg.train_limit)
+            test = fmnist_dataset("test", config.data.image_size, cfg.eval_limit)
+            metrics = train_classifier(train, test, cfg, folder / "classifier.safetensors")
+            scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            rec.mlflow.log_batch(run_id, metrics=_metrics(scalars))
+            done = {"digest": digest, "metrics": scalars, "mlflow_run_id": run_id}
+            publish(rec, prefix, folder, done)
+    else:
+        fetch(rec, prefix, folder)
+    return {**done, "uri": rec.store.uri(prefix), "path": str(folder / "classifier.safetensors")}
+
+
+def _metrics(values: dict[str, float], step: int = 0):
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+@task(**task_options("embed"))
+def embed_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dataset: dict,
+               parent_run_id: str | None, classifier: dict | None = None) -> dict:
+    """Embed the dataset (``groupdiff.grouping.embed.run_embed``) into ``embeddings/<encoder>/<digest>/``."""
+    from registry.catalogue.records import record_dataset, record_embedding_set
+    from registry.layout import embeddings_prefix
+
+    rec = Records(records)
+    encoder = config.embed.encoder
+    prefix = embeddings_prefix(encoder, digest)
+    folder = rec.work("embeddings", encoder, digest)
+    if classifier is not None:
+        config = config.model_copy(update={"embed": config.embed.model_copy(update={"weights": classifier["path"]})})
+    if (done := already_published(rec, prefix)) is None:
+        from groupdiff.grouping.embed import run_embed
+
+        with stage_run(rec, parent_run_id, "embed", config.embed.model_dump(exclude={"classifier"})) as run_id:
+            result = run_embed(config, folder)
+            if not result["complete"]:
+                raise RuntimeError(f"embedding of {folder} is incomplete: shards missing after the run")
+            done = {"digest": digest, "artefact_digest": result["manifest"]["digest"], "encoder": encoder,
+                    "mlflow_run_id": run_id}
+            publish(rec, prefix, folder, done)
+    else:
+        fetch(rec, prefix, folder)
+    uri = rec.store.uri(prefix)
+    with rec.catalogue.begin() as session:
+        ds = record_dataset(session, dataset["name"], dataset["digest"], dataset["uri"], data_digest_inputs(config))
+        record_embedding_set(session, ds, encoder, digest, uri, config.embed.model_dump(exclude={"classifier"}))
+    get_run_logger().info("embeddings %s at %s", digest, uri)
+    return {**done, "uri": uri, "path": str(folder)}
+
+
+@task(**task_options("mine"))
+def mine_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, embeddings: dict,
+              parent_run_id: str | None) -> dict:
+    """Mine the group table (``groupdiff.grouping.mine.run_mine``) into ``groups/<digest>/groups.npz``."""
+    from sqlalchemy import select
+
+    from registry.catalogue.models import EmbeddingSet
+    from registry.catalogue.records import record_group_table
+    from registry.layout import groups_prefix
+
+    rec = Records(records)
+    prefix = groups_prefix(digest)
+    folder = rec.work("groups", digest)
+    if (done := already_published(rec, prefix)) is None:
+        from groupdiff.grouping.mine import run_mine
+
+        with stage_run(rec, parent_run_id, "mine", config.mine.model_dump()) as run_id:
+            table = run_mine(config, folder / "groups.npz", embeddings["path"])
+            stats = {k: float(v) for k, v in table.meta["stats"].items() if isinstance(v, (int, float))}
+            rec.mlflow.log_batch(run_id, metrics=_metrics({k: v for k, v in stats.items() if v == v}))
+            done = {"digest": digest, "table_digest": table.digest, "stats": stats, "mlflow_run_id": run_id}
+            publish(rec, prefix, folder, done)
+    else:
+        fetch(rec, prefix, folder)
+    uri = rec.store.uri(prefix)
+    with rec.catalogue.begin() as session:
+        emb = session.scalar(select(EmbeddingSet).where(EmbeddingSet.digest == embeddings["digest"]))
+        record_group_table(session, emb, digest, uri, config.mine.model_dump())
+    return {**done, "uri": uri, "path": str(folder / "groups.npz")}
+
+
+def data_digests(config: GroupDiffConfig, dataset_digest: str) -> dict[str, str]:
+    """Digests of the classifier, embed and mine stages of ``config`` over the dataset ``dataset_digest``."""
+    clf = stage_digest("classifier", image_size=config.data.image_size, config=config.embed.classifier.model_dump())
+    embed_cfg = config.embed.model_dump(exclude={"batch_size", "device", "classifier", "weights"})
+    embed = stage_digest("embed", dataset=dataset_digest, config=embed_cfg,
+                         classifier=clf if config.embed.encoder == "classifier" else None,
+                         weights=config.embed.weights if config.embed.encoder in ("clip", "dinov2") else None)
+    mine = stage_digest("mine", embeddings=embed, config=config.mine.model_dump(exclude={"use_gpu", "query_batch"}))
+    return {"classifier": clf, "embed": embed, "mine": mine}

@@ -1,0 +1,173 @@
+"""Evaluation tasks: sample a checkpoint, score the samples (``fd_fmnist`` etc.), register and promote.
+
+Samples go to ``samples/<run>/<eval>/`` (``samples.npz``, ``grid.png``, ``sample.json``), scores to
+``samples/<run>/<eval>/scores/<digest>/metrics.json``. The evaluation protocol id is a digest of what
+makes two scores comparable (sampler, steps, seed, sample count, guidance scale, feature space and its
+reference), not of the variant: promotion compares variants under one protocol.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from groupdiff.config import GroupDiffConfig
+
+from .common import stage_digest, stage_run, task_options
+from .data_tasks import _metrics, already_published, fetch
+from .records import Records, RecordsConfig
+
+
+def inference_overrides(config: GroupDiffConfig) -> list[str]:
+    """``sampler.*`` / ``guidance.*`` overrides applied to a checkpoint's stored config when sampling it."""
+    items = {f"sampler.{k}": v for k, v in config.sampler.model_dump().items()}
+    items.update({f"guidance.{k}": v for k, v in config.guidance.model_dump().items()})
+    return [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in items.items()]
+
+
+def protocol_id(config: GroupDiffConfig, num_samples: int, classifier_digest: str, reference_limit: int,
+                metric: str) -> str:
+    """Evaluation protocol: what must be equal for two scores to be compared."""
+    return "proto-" + stage_digest("protocol", sampler=config.sampler.model_dump(), num_samples=num_samples,
+                                   cfg_scale=config.guidance.cfg_scale, classifier=classifier_digest,
+                                   reference_limit=reference_limit, metric=metric)
+
+
+@task(**task_options("sample"))
+def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, checkpoint: dict, num_samples: int,
+                parent_run_id: str | None, threads: int = 0, batch_images: int = 200) -> dict:
+    """Generate ``num_samples`` class-balanced images from ``checkpoint`` with ``config``'s sampler/guidance."""
+    from registry.layout import samples_key
+
+    rec = Records(records)
+    key = samples_key(checkpoint["run"], digest)
+    prefix = key.rsplit("/", 1)[0]
+    folder = rec.work("samples", checkpoint["run"], digest)
+    if (done := already_published(rec, prefix)) is None:
+        import torch
+
+        from groupdiff.sample.stage import SampleStageConfig, load_model_and_config
+        from groupdiff.sample.stage import run as run_stage
+
+        if threads:
+            torch.set_num_threads(threads)
+        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config))
+        stage = SampleStageConfig(out_dir=str(folder / "stage"), num_samples=num_samples,
+                                  batch_groups=max(1, batch_images // cfg.guidance.group_size),
+                                  cfg_scales=[config.guidance.cfg_scale], grid_groups=4,
+                                  attention_score=cfg.guidance.group_size > 1)
+        params = {"sampler": cfg.sampler.model_dump(), "guidance": cfg.guidance.model_dump(), "num_samples": num_samples}
+        with stage_run(rec, parent_run_id, f"sample-{checkpoint['variant']}", params) as run_id:
+            result = run_stage(stage, cfg, model, progress=False)
+            scale = config.guidance.cfg_scale
+            npz, grid = Path(result.npz[scale]), result.grids.get(scale)
+            (folder / "samples.npz").write_bytes(npz.read_bytes())
+            (folder / "sample.json").write_text((folder / "stage" / "sample.json").read_text())
+            if grid:
+                (folder / "grid.png").write_bytes(Path(grid).read_bytes())
+                rec.mlflow.log_artifact(run_id, str(folder / "grid.png"), "samples")
+            s_cross = result.s_cross.get(scale)
+            if s_cross is not None and s_cross == s_cross:
+                rec.mlflow.log_batch(run_id, metrics=_metrics({"s_cross": s_cross}))
+            done = {"digest": digest, "run": checkpoint["run"], "variant": checkpoint["variant"], "mlflow_run_id": run_id,
+                    "cfg_scale": scale, "num_samples": num_samples}
+            for name in ("samples.npz", "sample.json", "grid.png"):
+                if (folder / name).is_file():
+                    rec.store.put_file(f"{prefix}/{name}", folder / name)
+            publish_manifest(rec, prefix, folder, done)
+    else:
+        for name in ("samples.npz", "grid.png"):
+            if not (folder / name).is_file() and rec.store.exists(f"{prefix}/{name}"):
+                rec.store.get_file(f"{prefix}/{name}", folder / name)
+    grid_key = f"{prefix}/grid.png"
+    from groupdiff.sample.stage import scale_name
+
+    # score the stage's own file when present: its sample.json gives the report its context (mode, N, cfg)
+    staged = folder / "stage" / scale_name(done["cfg_scale"]) / "samples.npz"
+    return {**done, "uri": rec.store.uri(key), "key": key, "path": str(staged if staged.is_file() else folder / "samples.npz"),
+            "grid_key": grid_key if rec.store.exists(grid_key) else None}
+
+
+def local_checkpoint(rec: Records, checkpoint: dict) -> Path:
+    """The checkpoint folder on this machine (downloaded from the store when the cache hit came from elsewhere)."""
+    from registry.layout import checkpoint_prefix
+
+    folder = Path(checkpoint["path"])
+    if not (folder / "model.safetensors").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        fetch(rec, checkpoint_prefix(checkpoint["run"], checkpoint["step"]), folder)
+    return folder
+
+
+def publish_manifest(rec: Records, prefix: str, folder: Path, manifest: dict) -> None:
+    """Write the manifest object last (the files were uploaded one by one before)."""
+    rec.store.put_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+
+
+@task(**task_options("score"))
+def score_task(records: RecordsConfig, digest: str, samples: dict, classifier: dict, reference_limit: int,
+               parent_run_id: str | None) -> dict:
+    """Score the samples in the built-in feature space (``fd_fmnist``, ``is_fmnist``, precision, recall)."""
+    from groupdiff.metrics.score import ScoreConfig
+    from groupdiff.metrics.score import run as run_score
+
+    rec = Records(records)
+    prefix = f"{samples['key'].rsplit('/', 1)[0]}/scores/{digest}"
+    folder = rec.work("scores", digest)
+    if (done := already_published(rec, prefix)) is None:
+        with stage_run(rec, parent_run_id, f"score-{samples['variant']}", {"reference_limit": reference_limit}) as run_id:
+            result = run_score(ScoreConfig(samples=samples["path"], out=str(folder / "metrics.json"), spaces=["fmnist"],
+                                           classifier_weights=classifier["path"], fmnist_reference_limit=reference_limit,
+                                           cache_dir=str(rec.work("reference-cache"))))
+            metrics = {k: float(v) for k, v in result["metrics"].items() if v == v}
+            rec.mlflow.log_batch(run_id, metrics=_metrics(metrics))
+            done = {"digest": digest, "metrics": metrics, "mlflow_run_id": run_id, "variant": samples["variant"]}
+            rec.store.put_file(f"{prefix}/metrics.json", folder / "metrics.json")
+            publish_manifest(rec, prefix, folder, done)
+    else:
+        if not (folder / "metrics.json").is_file():
+            rec.store.get_file(f"{prefix}/metrics.json", folder / "metrics.json")
+    get_run_logger().info("%s: %s", samples["variant"], done["metrics"])
+    return {**done, "uri": rec.store.uri(f"{prefix}/metrics.json"), "path": str(folder / "metrics.json")}
+
+
+@task(**task_options("register"))
+def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, checkpoint: dict, samples: dict,
+                  score: dict, protocol: str, metric: str, model_name: str, parent_run_id: str | None) -> dict:
+    """Log the checkpoint as an MLflow model version, promote it to ``champion`` only if it beats the
+    current one under ``protocol`` (else it becomes ``challenger``), and record it in the catalogue."""
+    import mlflow
+    from sqlalchemy import select
+
+    from groupdiff.sample.stage import load_model_and_config
+    from registry.catalogue.models import Checkpoint
+    from registry.catalogue.records import record_evaluation, record_model_version
+    from registry.mlflow_model import log_groupdiff_model
+    from registry.mlflow_registry import promote_if_better
+
+    rec = Records(records)
+    value = score["metrics"][metric]
+    with stage_run(rec, parent_run_id, f"register-{checkpoint['variant']}", {"protocol": protocol, metric: value}) as run_id:
+        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config))
+        mlflow.set_tracking_uri(rec.config.mlflow_uri)
+        with mlflow.start_run(run_id=run_id):
+            info = log_groupdiff_model(model, cfg.model, cfg.sampler, cfg.guidance, registered_model_name=model_name)
+        version = str(info.registered_model_version)
+        client = rec.mlflow
+        client.set_model_version_tag(model_name, version, "groupdiff.checkpoint", checkpoint["uri"])
+        client.set_model_version_tag(model_name, version, "groupdiff.checkpoint_run", checkpoint["run"])
+        client.set_model_version_tag(model_name, version, "groupdiff.checkpoint_step", str(checkpoint["step"]))
+        client.set_model_version_tag(model_name, version, "groupdiff.checkpoint_digest", checkpoint["digest"])
+        client.set_model_version_tag(model_name, version, "groupdiff.variant", checkpoint["variant"])
+        client.set_model_version_tag(model_name, version, "groupdiff.samples", samples["uri"])
+        decision = promote_if_better(client, model_name, version, value, protocol, metric=metric, lower_is_better=True)
+        client.set_tag(run_id, "promotion.decision", decision.decision)
+    with rec.catalogue.begin() as session:
+        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.digest == checkpoint["digest"]))
+        evaluation = record_evaluation(session, ckpt, protocol, metric, value, score["digest"], samples["uri"],
+                                       {"metrics": score["metrics"]})
+        record_model_version(session, model_name, int(version), checkpoint["uri"], ckpt, evaluation, run_id)
+    return {"digest": digest, "version": version, "decision": decision.decision, "reason": decision.reason,
+            "mlflow_run_id": run_id, "variant": checkpoint["variant"], "metric": metric, "value": value}

@@ -1,0 +1,145 @@
+"""Typed parameters of the flows: pydantic models whose descriptions, bounds and enums render as Prefect UI forms.
+
+:class:`PipelineParams` is also the ``pipeline`` settings section of ``groupdiff run``: its defaults are the
+embedded-default run (step and sample counts sized for about 10 minutes on 2 CPU cores), overridable field
+by field with ``--set pipeline.field=value``. Everything else (model, sampler details, classifier) comes
+from the preset, overridden with ``overrides`` (``section.field=value``).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from groupdiff.config import GroupDiffConfig, load_preset
+from groupdiff.config_base import Section
+
+Variant = Literal["baseline", "groupdiff-l", "groupdiff-f"]
+Encoder = Literal["pixels", "classifier", "clip", "dinov2"]
+GroupingMode = Literal["similarity", "class", "random"]
+Sampler = Literal["ode-euler", "ode-heun", "sde-euler"]
+
+
+class PipelineParams(Section):
+    """One pipeline run: embed -> mine -> train each variant -> sample -> score -> register the better."""
+
+    preset: str = Field("tiny-fmnist", min_length=1, description="Config preset (groupdiff/presets/<name>.yaml) or a YAML path.")
+    variants: list[Variant] = Field(
+        default_factory=lambda: ["baseline", "groupdiff-l"], min_length=1, max_length=3,
+        description="Training variants to train and compare (each becomes a registered model version).",
+    )
+    encoder: Encoder = Field("pixels", description="Image encoder for group mining (clip/dinov2 need local weights in the preset).")
+    grouping_mode: GroupingMode = Field("similarity", description="How groups are formed: embedding similarity, same class, or random.")
+    group_size: int = Field(4, ge=2, le=16, description="Images per group N for the GroupDiff variants.")
+    threshold: float = Field(0.3, ge=-1.0, le=1.0, description="Cosine similarity threshold tau for a neighbour to count (similarity mode).")
+    data_limit: int = Field(6000, ge=0, le=10_000_000, description="Train on the first N images (0 = whole split).")
+    train_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps per training run.")
+    batch_images: int = Field(64, ge=1, le=1_000_000, description="Images per optimizer step (a multiple of group_size).")
+    probe_every: int = Field(0, ge=0, le=10_000_000, description="Steps between group-benefit probes of GroupDiff runs (0 = off).")
+    world_size: int = Field(1, ge=1, le=1024, description="Training ranks (1 = one process; more = torchrun on this machine).")
+    sampler: Sampler = Field("ode-heun", description="Integrator for evaluation samples.")
+    sampling_steps: int = Field(12, ge=1, le=10_000, description="Integration steps per sample.")
+    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups).")
+    cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale used for evaluation (1 = none).")
+    num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images per evaluation (a multiple of 10 x group_size).")
+    reference_limit: int = Field(2000, ge=0, le=10_000_000, description="Reference test images for fd_fmnist (0 = all 10k).")
+    classifier_train_limit: int = Field(6000, ge=0, le=10_000_000, description="Images the built-in classifier (evaluation features) trains on (0 = all).")
+    classifier_epochs: int = Field(1, ge=1, le=1000, description="Epochs of the built-in classifier.")
+    seed: int = Field(0, ge=0, description="Seed of training, mining and sampling.")
+    threads: int = Field(
+        1, ge=0, le=256,
+        description="torch CPU threads per process (0 = torch default). 1 by default: this tiny model gains little "
+        "from more, and OpenMP threads on a shared (busy) CPU slow down erratically, up to 10x.",
+    )
+    overrides: list[str] = Field(
+        default_factory=list, description="Extra preset overrides 'section.field=value' (e.g. model.depth=2).",
+    )
+    init_from: str = Field("scratch", description="'scratch' or 'pretrained:<path>' (retrain-nightly passes the champion's weights).")
+    register_models: bool = Field(True, description="Register the trained models and promote the better one to 'champion'.")
+    model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name in MLflow.")
+    metric: Literal["fd_fmnist", "fid"] = Field("fd_fmnist", description="Score compared for promotion (lower is better).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PipelineParams":
+        groups = 10 * self.group_size
+        if self.num_samples % groups:
+            raise ValueError(f"num_samples={self.num_samples} must be a multiple of 10 classes x group_size "
+                             f"{self.group_size} = {groups} (class-balanced groups)")
+        if self.batch_images % self.group_size:
+            raise ValueError(f"batch_images={self.batch_images} must be a multiple of group_size={self.group_size}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants {self.variants} holds a duplicate")
+        return self
+
+    def config(self, variant: Variant = "baseline") -> GroupDiffConfig:
+        """The full GroupDiffConfig of one variant (preset + these settings + ``overrides``)."""
+        n = 1 if variant == "baseline" else self.group_size
+        mode = "baseline" if variant == "baseline" else variant
+        settings = {
+            "data.limit": self.data_limit, "embed.encoder": self.encoder, "embed.seed": self.seed,
+            "mine.mode": self.grouping_mode, "mine.tau": self.threshold, "mine.group_size": self.group_size,
+            "mine.seed": self.seed, "mine.top_k": max(16, self.group_size * 4), "mine.use_gpu": "never",
+            "mine.recall_sample": 0,
+            "embed.classifier.train_limit": self.classifier_train_limit,
+            "embed.classifier.epochs": self.classifier_epochs,
+            "train.variant": variant, "train.group_size": self.group_size, "train.steps": self.train_steps,
+            "train.global_batch_images": self.batch_images, "train.seed": self.seed,
+            "train.checkpoint_every": self.train_steps, "train.keep_last": 1, "train.num_threads": self.threads,
+            "train.init_from": self.init_from, "train.probe_every": self.probe_every,
+            "sampler.method": self.sampler, "sampler.num_steps": self.sampling_steps, "sampler.seed": self.seed,
+            "guidance.mode": mode, "guidance.group_size": n, "guidance.cfg_scale": self.cfg_scale,
+        }
+        try:
+            return load_preset(self.preset, [*(f"{k}={v}" for k, v in settings.items()), *self.overrides])
+        except ValueError as exc:  # name the parameters, not only the config fields
+            raise ValueError(f"pipeline parameters do not form a valid config for variant {variant!r}: {exc}") from exc
+
+    def validate_configs(self) -> dict[str, GroupDiffConfig]:
+        """Every variant's config, built up front so bad parameters fail before any work starts."""
+        from groupdiff.train.trainer import validate
+
+        configs = {v: self.config(v) for v in self.variants}
+        for config in configs.values():
+            validate(config, self.world_size)
+        return configs
+
+
+class EvaluateParams(Section):
+    """Evaluate one registered model version under the pipeline's protocol."""
+
+    model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name.")
+    version: str = Field("champion", min_length=1, description="A version number or an alias such as 'champion'.")
+    sampler: Sampler = Field("ode-heun", description="Integrator for evaluation samples.")
+    sampling_steps: int = Field(12, ge=1, le=10_000, description="Integration steps per sample.")
+    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups).")
+    cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale (1 = none).")
+    num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images (a multiple of 10 x the model's group size).")
+    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (as in the pipeline, for identical noise).")
+    reference_limit: int = Field(2000, ge=0, le=10_000_000, description="Reference test images for fd_fmnist (0 = all).")
+    classifier_train_limit: int = Field(6000, ge=0, le=10_000_000, description="Images the evaluation classifier trains on.")
+    classifier_epochs: int = Field(1, ge=1, le=1000, description="Epochs of the evaluation classifier.")
+    seed: int = Field(0, ge=0, description="Sampling seed.")
+
+
+class StudyParams(Section):
+    """A grid of pipeline arms: group size x grouping mode x variant, each evaluated over a cfg sweep."""
+
+    base: PipelineParams = Field(default_factory=PipelineParams, description="Settings shared by every arm.")
+    group_sizes: list[int] = Field(default_factory=lambda: [2, 4], min_length=1, max_length=8,
+                                   description="Group sizes N to compare (each 2..16).")
+    grouping_modes: list[GroupingMode] = Field(default_factory=lambda: ["similarity"], min_length=1, max_length=3,
+                                               description="Grouping modes to compare.")
+    variants: list[Variant] = Field(default_factory=lambda: ["groupdiff-l"], min_length=1, max_length=3,
+                                    description="GroupDiff variants of the arms (a baseline arm is always added).")
+    cfg_scales: list[float] = Field(default_factory=lambda: [1.0, 1.5, 2.5], min_length=1, max_length=16,
+                                    description="Guidance scales evaluated per arm (the best differs per arm).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudyParams":
+        bad = [n for n in self.group_sizes if not 2 <= n <= 16]
+        if bad:
+            raise ValueError(f"group_sizes {bad} outside [2, 16]")
+        bad = [s for s in self.cfg_scales if not 0.0 <= s <= 50.0]
+        if bad:
+            raise ValueError(f"cfg_scales {bad} outside [0, 50]")
+        return self

@@ -1,0 +1,163 @@
+"""The ``groupdiff-pipeline`` flow: dataset -> classifier -> embed -> mine -> train (each variant) -> sample
+-> score -> register the better one as ``champion`` (DESIGN 2.2).
+
+Every stage task is keyed on its content digest (config + input digests, :func:`stage_digests`), so an
+unchanged step is a Prefect cache hit across flow runs and its object is already in the store. The
+parameters are validated into full configs before any task runs; registration happens only after every
+evaluation has finished, so a failing stage leaves the registry and its aliases untouched. The flow's
+MLflow run is the parent of each stage's run; the training subprocess logs to its stage run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from groupdiff.config import GroupDiffConfig
+
+from .common import log_params, stage_digest
+from .data_tasks import classifier_task, data_digests, dataset_task, embed_task, mine_task
+from .eval_tasks import protocol_id, register_task, sample_task, score_task
+from .params import PipelineParams
+from .records import Records, RecordsConfig
+from .training import kill_recorded, train_task
+
+TRAIN_EXCLUDE = {"groups_path", "num_threads", "log_every", "record_indices", "resume", "init_from"}
+
+
+def kill_training_hook(flow, flow_run, state) -> None:
+    """on_cancellation / on_crashed: kill the training process groups this flow run started."""
+    records = flow_run.parameters.get("records") or {}
+    if isinstance(records, RecordsConfig):
+        records = records.model_dump()
+    out = RecordsConfig.from_env(**{k: v for k, v in records.items() if k != "out"},
+                                 out=records.get("out")).resolved().out
+    killed = kill_recorded(out, str(flow_run.id))
+    if killed:
+        print(f"flow run {flow_run.id} {state.name}: killed training process groups {killed}")
+
+
+def train_digest(config: GroupDiffConfig, dataset: str, groups: str | None) -> str:
+    """Content digest of a training run: model, transport, train config, data and groups (+ init weights)."""
+    from groupdiff.data.digest import file_digest
+
+    init = config.train.init_from
+    init_digest = file_digest(config.train.pretrained_path) if config.train.pretrained_path else init
+    return stage_digest("train", dataset=dataset, groups=groups if config.train.variant != "baseline" else None,
+                        model=config.model.model_dump(), transport=config.transport.model_dump(),
+                        train=config.train.model_dump(exclude=TRAIN_EXCLUDE), init=init_digest)
+
+
+def sample_digest(config: GroupDiffConfig, checkpoint: str, num_samples: int, batch_images: int) -> str:
+    """Content digest of an evaluation's samples: the checkpoint, sampler, guidance, count and batch layout
+    (the batch fixes the noise layout, so it changes the images)."""
+    return stage_digest("sample", checkpoint=checkpoint, sampler=config.sampler.model_dump(),
+                        guidance=config.guidance.model_dump(), num_samples=num_samples, batch_images=batch_images)
+
+
+def _mlflow_link(rec: Records, run_id: str) -> str:
+    uri = rec.config.mlflow_uri
+    if uri.startswith("http"):
+        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{rec.experiment_id()}/runs/{run_id})"
+    return f"`{run_id}` (`mlflow ui --backend-store-uri {uri}`)"
+
+
+def metrics_table(rows: list[dict], metric: str) -> str:
+    """Markdown table of the evaluations (one row per variant), best ``metric`` first."""
+    keys = sorted({k for r in rows for k in r["metrics"]})
+    lines = ["| variant | " + " | ".join(keys) + " | model version | decision |",
+             "|---|" + "---|" * (len(keys) + 2)]
+    for r in sorted(rows, key=lambda r: r["metrics"].get(metric, float("inf"))):
+        values = " | ".join(f"{r['metrics'][k]:.4g}" if k in r["metrics"] else "" for k in keys)
+        lines.append(f"| {r['variant']} | {values} | {r.get('version', '')} | {r.get('decision', '')} |")
+    return "\n".join(lines)
+
+
+def _report(rec: Records, params: PipelineParams, rows: list[dict], parent_run_id: str, protocol: str) -> str:
+    lines = [f"# GroupDiff pipeline ({params.preset})", "", f"Evaluation protocol `{protocol}`, metric "
+             f"`{params.metric}` (lower is better), {params.num_samples} samples, {params.train_steps} training steps.",
+             "", metrics_table(rows, params.metric), "", f"MLflow pipeline run: {_mlflow_link(rec, parent_run_id)}", ""]
+    for r in rows:
+        link = rec.store.presigned_url(r["grid_key"]) if r.get("grid_key") else "(no grid)"
+        lines.append(f"- {r['variant']}: MLflow run {_mlflow_link(rec, r['train_run_id'])}, sample grid [{r['variant']}]({link})")
+    return "\n".join(lines)
+
+
+@flow(name="groupdiff-pipeline", on_cancellation=[kill_training_hook], on_crashed=[kill_training_hook],
+      log_prints=True)
+def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig | None = None) -> dict[str, Any]:
+    """Run the whole pipeline for ``params``; returns the metrics rows, registrations and record locations."""
+    from prefect.runtime import flow_run
+
+    log = get_run_logger()
+    records = (records or RecordsConfig.from_env()).resolved()
+    configs = params.validate_configs()  # every error before any work
+    if params.threads:  # this flow's process runs the classifier, embedding, sampling and scoring
+        import torch
+
+        torch.set_num_threads(params.threads)
+    rec = Records(records)
+    parent = rec.mlflow.create_run(rec.experiment_id(), run_name="pipeline",
+                                   tags={"groupdiff.stage": "pipeline", "prefect.flow_run_id": str(flow_run.get_id())})
+    parent_id = parent.info.run_id
+    log_params(rec, parent_id, params.model_dump())
+    steps = 3 + 3 * len(configs) + (len(configs) if params.register_models else 0)  # data stages + per variant
+    progress = {"done": 0, "id": create_progress_artifact(0.0, key="pipeline-progress", description="stages finished")}
+
+    def advance(count: int = 1) -> None:
+        progress["done"] += count
+        update_progress_artifact(progress["id"], 100.0 * progress["done"] / steps)
+
+    try:
+        base = configs[params.variants[0]]
+        dataset = dataset_task(base, records)
+        digests = data_digests(base, dataset["digest"])
+        classifier = classifier_task(base, records, digests["classifier"], parent_id)
+        advance()
+        groups = None
+        if any(v != "baseline" for v in params.variants):
+            embeddings = embed_task(base, records, digests["embed"], dataset, parent_id,
+                                    classifier if base.embed.encoder == "classifier" else None)
+            groups = mine_task(base, records, digests["mine"], embeddings, parent_id)
+        advance(2)
+        rows = []
+        protocol = protocol_id(base, params.num_samples, digests["classifier"], params.reference_limit, params.metric)
+        for variant, config in configs.items():
+            tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
+            checkpoint = train_task(config, records, tdig, dataset, groups if variant != "baseline" else None,
+                                    parent_id, params.world_size)
+            advance()
+            sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images)
+            samples = sample_task(config, records, sdig, checkpoint, params.num_samples, parent_id, params.threads,
+                                  params.sample_batch_images)
+            advance()
+            cdig = stage_digest("score", samples=sdig, classifier=digests["classifier"], reference=params.reference_limit)
+            score = score_task(records, cdig, samples, classifier, params.reference_limit, parent_id)
+            advance()
+            rows.append({"variant": variant, "config": config, "checkpoint": checkpoint, "samples": samples,
+                         "score": score, "metrics": score["metrics"], "grid_key": samples.get("grid_key"),
+                         "train_run_id": checkpoint["mlflow_run_id"]})
+        if params.register_models:  # only after every evaluation succeeded: a failing stage leaves the registry untouched
+            for row in sorted(rows, key=lambda r: r["metrics"][params.metric]):
+                rdig = stage_digest("register", score=row["score"]["digest"], checkpoint=row["checkpoint"]["digest"],
+                                    model=params.model_name, mlflow=rec.config.mlflow_uri, protocol=protocol)
+                reg = register_task(row["config"], records, rdig, row["checkpoint"], row["samples"], row["score"],
+                                    protocol, params.metric, params.model_name, parent_id)
+                row.update(version=reg["version"], decision=reg["decision"])
+                advance()
+        report = _report(rec, params, rows, parent_id, protocol)
+        create_markdown_artifact(report, key="pipeline-summary", description="Metrics, MLflow runs and sample grids")
+        rec.mlflow.log_text(parent_id, report, "summary.md")
+        for row in rows:
+            rec.mlflow.log_metric(parent_id, f"{row['variant']}.{params.metric}", row["metrics"][params.metric])
+    except BaseException:
+        rec.mlflow.set_terminated(parent_id, "FAILED")
+        raise
+    rec.mlflow.set_terminated(parent_id, "FINISHED")
+    log.info("\n%s", metrics_table(rows, params.metric))
+    out_rows = [{k: r[k] for k in ("variant", "metrics", "train_run_id")} | {
+        "version": r.get("version"), "decision": r.get("decision"), "checkpoint": r["checkpoint"]["uri"],
+        "samples": r["samples"]["uri"], "grid_key": r.get("grid_key"), "score_json": r["score"]["path"]} for r in rows]
+    return {"rows": out_rows, "protocol": protocol, "mlflow_run_id": parent_id, "records": records.model_dump(),
+            "metric": params.metric, "table": metrics_table(rows, params.metric)}

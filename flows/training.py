@@ -1,0 +1,194 @@
+"""The train task: training runs as a subprocess in its own process group, killed with its flow run.
+
+One rank runs ``python -m flows.train_worker``; more ranks run it under ``torch.distributed.run``
+(world size from the parameters). The subprocess is started with ``start_new_session=True`` (its own
+process group) and its group id is written to ``<out>/pids/<flow run>/<pgid>``. The group is killed
+(SIGTERM, then SIGKILL) when the task ends abnormally (Prefect raises in the flow process on
+cancellation), by the flow's ``on_cancellation`` / ``on_crashed`` hooks (which read those pid files:
+the hooks may run in another process, e.g. the runner), and by the worker's own parent watchdog if the
+flow process is killed outright. At most one training run per work pool holds the Prefect global
+concurrency limit ``training-<pool>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from groupdiff.config import GroupDiffConfig
+
+from .common import stage_run, task_options
+from .records import Records, RecordsConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.5
+KILL_GRACE_S = 10.0
+CONCURRENCY_PREFIX = "training-"
+TRAINING_LIMIT = 1  # one training run per work pool (DESIGN 2.6)
+LEASE_S = 60.0  # the slot's lease, renewed while training runs: a killed flow frees the slot within a minute
+CHECKPOINT_FILES = ("model.safetensors", "weights.safetensors", "config.json", "trainer_state.json")
+
+
+def pid_folder(out: str | Path, flow_run_id: str) -> Path:
+    """Where the process-group ids of a flow run's training subprocesses are recorded."""
+    return Path(out) / "pids" / flow_run_id
+
+
+def kill_group(pgid: int, grace_s: float = KILL_GRACE_S, leader: subprocess.Popen | None = None) -> bool:
+    """SIGTERM the process group ``pgid``, SIGKILL it after ``grace_s``; True if it was alive.
+
+    ``leader``: the group leader when it is our child, reaped here (a zombie leader keeps the group id alive).
+    """
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def kill_recorded(out: str | Path, flow_run_id: str) -> list[int]:
+    """Kill every training process group recorded for ``flow_run_id`` (used by the flow's hooks)."""
+    folder = pid_folder(out, flow_run_id)
+    killed = []
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        if kill_group(int(path.name)):
+            killed.append(int(path.name))
+        path.unlink(missing_ok=True)
+    return killed
+
+
+def training_command(config_path: Path, run_dir: Path, world_size: int) -> list[str]:
+    """One process, or ``torch.distributed.run`` with ``world_size`` local ranks, of ``flows.train_worker``."""
+    worker = ["-m", "flows.train_worker", "--config", str(config_path), "--out", str(run_dir)]
+    if world_size == 1:
+        return [sys.executable, *worker]
+    from groupdiff.train.launch import free_port
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(world_size),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *worker]
+
+
+def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: dict[str, str], pids: Path) -> None:
+    """Run the training subprocess to completion; kill its whole group if this call is interrupted."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "launch_config.json"
+    config_path.write_text(config.model_dump_json(indent=2))
+    log_path = run_dir / "train.log"
+    child_env = {**os.environ, **env, "GROUPDIFF_FLOW_PID": str(os.getpid()),
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    pids.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(training_command(config_path, run_dir, world_size), env=child_env, cwd=REPO_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file = pids / str(proc.pid)
+    pid_file.write_text(json.dumps({"run_dir": str(run_dir)}))
+    try:
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc.pid, leader=proc)
+            proc.wait()
+        pid_file.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"training exited with code {proc.returncode} (log {log_path}):\n{tail}")
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the global concurrency limit ``name`` (limit 1) if the Prefect API does not have it yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=TRAINING_LIMIT))
+            except ObjectAlreadyExists:
+                pass
+
+
+@task(**task_options("train"))
+def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dataset: dict, groups: dict | None,
+               parent_run_id: str | None, world_size: int = 1, parent_checkpoint: dict | None = None) -> dict:
+    """Train one variant and publish its final checkpoint to ``checkpoints/<run>/<step>/``."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.runtime import flow_run
+
+    from registry.catalogue.models import Checkpoint, Dataset, GroupTable
+    from registry.catalogue.records import record_checkpoint
+    from registry.layout import checkpoint_prefix
+    from sqlalchemy import select
+
+    from .data_tasks import MANIFEST, already_published, fetch, publish
+
+    rec = Records(records)
+    log = get_run_logger()
+    variant = config.train.variant
+    run = f"{variant}-{digest}"
+    step = config.train.steps
+    prefix = checkpoint_prefix(run, step)
+    folder = rec.work("checkpoints", run, f"{step:08d}")
+    done = already_published(rec, prefix)
+    if done is None:
+        if groups is not None:
+            config = config.model_copy(update={"train": config.train.model_copy(update={"groups_path": groups["path"]})})
+        run_dir = rec.work("train", run)
+        limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
+        _ensure_limit(limit)
+        with stage_run(rec, parent_run_id, f"train-{variant}", config.model_dump()) as run_id:
+            env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
+            pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
+            with concurrency(limit, occupy=1, lease_duration=LEASE_S):
+                log.info("training %s (%d steps, world size %d) in %s", variant, step, world_size, run_dir)
+                run_training(config, run_dir, world_size, env, pids)
+            from groupdiff.train.checkpoint import find_latest
+
+            latest = find_latest(run_dir)
+            if latest is None:
+                raise RuntimeError(f"training of {run} finished without a checkpoint in {run_dir}")
+            import shutil
+
+            for name in CHECKPOINT_FILES:
+                if (latest / name).is_file():
+                    shutil.copy2(latest / name, folder / name)
+            state = json.loads((latest / "trainer_state.json").read_text())
+            done = {"digest": digest, "run": run, "variant": variant, "step": step, "trained_steps": int(state.get("step", step)),
+                    "mlflow_run_id": run_id}
+            publish(rec, prefix, folder, done)
+            rec.mlflow.log_artifact(run_id, str(folder / "config.json"), "checkpoint")
+    else:
+        fetch(rec, prefix, folder)
+    assert (folder / MANIFEST).is_file()
+    uri = rec.store.uri(prefix)
+    with rec.catalogue.begin() as session:
+        ds = session.scalar(select(Dataset).where(Dataset.digest == dataset["digest"]))
+        gt = session.scalar(select(GroupTable).where(GroupTable.digest == groups["digest"])) if groups else None
+        parent = None
+        if parent_checkpoint is not None:
+            parent = session.scalar(select(Checkpoint).where(Checkpoint.digest == parent_checkpoint["digest"]))
+        record_checkpoint(session, done["mlflow_run_id"], done["step"], digest, uri, ds,
+                          gt if variant != "baseline" else None, parent, {"variant": variant})
+    return {**done, "uri": uri, "path": str(folder)}

@@ -1,0 +1,124 @@
+"""Fast tests of the flow layer without servers: parameter validation, digests, process-group cleanup, summary."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from flows.embedded import split_overrides, verdict
+from flows.params import PipelineParams
+from flows.pipeline import sample_digest, train_digest
+from flows.training import kill_recorded, pid_folder
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("group_size", 0, "greater than or equal to 2"),
+    ("variants", ["baseline", "groupdiff-x"], "'baseline', 'groupdiff-l' or 'groupdiff-f'"),
+    ("threshold", 2.0, "less than or equal to 1"),
+])
+def test_invalid_parameters_name_field_and_reason(field, value, reason):
+    with pytest.raises(ValidationError) as info:
+        PipelineParams(**{field: value})
+    errors = info.value.errors()
+    assert errors[0]["loc"][0] == field
+    assert reason in str(info.value)
+
+
+def test_parameters_that_form_no_valid_config_fail_before_work():
+    params = PipelineParams(overrides=["model.class_dropout_prob=0"])
+    with pytest.raises(ValueError, match="null label"):
+        params.validate_configs()
+    with pytest.raises(ValidationError, match="multiple of 10 classes x group_size"):
+        PipelineParams(group_size=4, num_samples=50)
+
+
+def test_train_digest_ignores_guidance_but_not_training_settings():
+    base = PipelineParams()
+    cfg = base.config("groupdiff-l")
+    other_cfg = PipelineParams(cfg_scale=3.0, sampler="sde-euler").config("groupdiff-l")
+    more_steps = PipelineParams(train_steps=base.train_steps + 1).config("groupdiff-l")
+    assert train_digest(cfg, "d", "g") == train_digest(other_cfg, "d", "g")
+    assert train_digest(cfg, "d", "g") != train_digest(more_steps, "d", "g")
+    assert train_digest(cfg, "d", "g") != train_digest(cfg, "d2", "g")  # new data, new run
+    assert train_digest(cfg, "d", "g") != train_digest(cfg, "d", "g2")
+    baseline = base.config("baseline")
+    assert train_digest(baseline, "d", "g") == train_digest(baseline, "d", "g2")  # baseline does not use groups
+    assert sample_digest(cfg, "t", 400, 200) != sample_digest(other_cfg, "t", 400, 200)
+    assert sample_digest(cfg, "t", 400, 200) != sample_digest(cfg, "t", 400, 100)  # batch layout fixes the noise
+
+
+def test_pipeline_settings_split_from_preset_overrides():
+    settings, rest = split_overrides(["pipeline.train_steps=7", "model.depth=2", "pipeline.variants=[baseline]"])
+    assert settings == {"train_steps": 7, "variants": ["baseline"]}
+    assert rest == ["model.depth=2"]
+    params = PipelineParams(overrides=rest, **settings)
+    assert params.config("baseline").model.depth == 2 and params.config("baseline").train.steps == 7
+
+
+def test_kill_recorded_kills_the_whole_process_group(tmp_path):
+    # a parent with a child in a new session, like the training subprocess (torchrun + ranks)
+    proc = subprocess.Popen([sys.executable, "-c", "import subprocess, time; "
+                             "subprocess.Popen(['sleep', '600']); time.sleep(600)"], start_new_session=True)
+    folder = pid_folder(tmp_path, "run-1")
+    folder.mkdir(parents=True)
+    (folder / str(proc.pid)).write_text("{}")
+    time.sleep(0.5)
+    assert kill_recorded(tmp_path, "run-1") == [proc.pid]
+    proc.wait(timeout=10)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+    assert not list(folder.iterdir())
+    assert kill_recorded(tmp_path, "run-1") == []  # nothing left to kill
+
+
+def test_verdict_says_plainly_when_the_baseline_wins():
+    rows = [{"variant": "baseline", "metrics": {"fd_fmnist": 1.0}},
+            {"variant": "groupdiff-l", "metrics": {"fd_fmnist": 2.0}}]
+    assert "BASELINE WON" in verdict(rows, "fd_fmnist")
+    rows[1]["metrics"]["fd_fmnist"] = 0.5
+    text = verdict(rows, "fd_fmnist")
+    assert "groupdiff-l measured better" in text and "BASELINE" not in text
+
+
+def test_only_storage_and_network_errors_are_retried():
+    from prefect.states import Completed, Failed
+
+    from flows.common import retry_on_io
+    from registry.objectstore import ObjectStoreError
+
+    assert retry_on_io(None, None, Failed(data=ObjectStoreError("put failed: 503")))
+    assert retry_on_io(None, None, Failed(data=ConnectionError("refused")))
+    assert not retry_on_io(None, None, Failed(data=ValueError("bad config")))
+    assert not retry_on_io(None, None, Completed(data=1))
+
+
+def test_task_cache_key_is_the_content_digest_and_the_store():
+    from flows.common import digest_cache_key
+    from flows.records import RecordsConfig
+
+    a = RecordsConfig(out="/tmp/a", store_root="file:///tmp/s1")
+    b = RecordsConfig(out="/tmp/b", store_root="file:///tmp/s1")  # same store, other work folder
+    c = RecordsConfig(out="/tmp/a", store_root="file:///tmp/s2")
+    key = digest_cache_key(None, {"records": a, "digest": "abc"})
+    assert key.startswith("abc-") and key == digest_cache_key(None, {"records": a.model_copy(), "digest": "abc"})
+    assert key != digest_cache_key(None, {"records": b, "digest": "abc"})
+    assert key != digest_cache_key(None, {"records": c, "digest": "abc"})
+    assert key != digest_cache_key(None, {"records": a, "digest": "abd"})
+
+
+def test_deployment_parameters_render_as_a_form():
+    from flows.pipeline import pipeline
+
+    schema = pipeline.parameters.model_dump()["definitions"]["PipelineParams"]["properties"]
+    assert all(field.get("description") for field in schema.values())
+    assert schema["encoder"]["enum"] == ["pixels", "classifier", "clip", "dinov2"]
+    assert schema["grouping_mode"]["enum"] == ["similarity", "class", "random"]
+    assert schema["sampler"]["enum"] == ["ode-euler", "ode-heun", "sde-euler"]
+    assert schema["variants"]["items"]["enum"] == ["baseline", "groupdiff-l", "groupdiff-f"]
+    assert (schema["group_size"]["minimum"], schema["group_size"]["maximum"]) == (2, 16)
+    assert (schema["threshold"]["minimum"], schema["threshold"]["maximum"]) == (-1.0, 1.0)
