@@ -9,7 +9,7 @@ EXTRAS ?= platform,test
 .PHONY: run test setup data clean bench
 
 run: setup
-	$(VENV)/bin/groupdiff demo
+	$(VENV)/bin/groupdiff run --out outputs
 
 test: setup
 	$(PY) -m pytest -q
@@ -27,7 +27,7 @@ data:
 	@bash infra/ensure-fmnist.sh
 
 bench: setup
-	$(PY) bench/attention.py
+	for b in attention train sample mining; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
