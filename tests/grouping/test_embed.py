@@ -107,3 +107,39 @@ def test_cli_embed_then_mine(tmp_path, capsys):
     assert GroupTable.load(tmp_path / "c.npz").meta["stats"]["class_purity"] == 1.0
     assert main(["mine", *common, "--out", str(tmp_path / "x.npz")]) == 2  # similarity without embeddings: clear error
     assert "needs --embeddings" in capsys.readouterr().err
+
+
+def test_sigkill_half_way_then_rerun_computes_only_missing_shards(tmp_path):
+    """A real kill (SIGKILL of the `groupdiff embed` process) mid-run, then a rerun: only the missing shards
+    are computed and the result equals an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = ["--set", "data.limit=12000", "--set", "embed.shard_size=500", "--set", "embed.batch_size=16"]
+    total = 12000 // 500
+
+    def command(out):
+        return [sys.executable, "-m", "groupdiff.cli", "embed", *settings, "--out", str(out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(command(run_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not shard_path(run_dir, "emb", 0).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "embed stage ended before its first shard"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = [s for s in range(total) if shard_path(run_dir, "emb", s).exists()]
+    assert 1 <= len(done_before) < total, done_before  # really killed half-way
+
+    rerun = subprocess.run(command(run_dir), env=env, capture_output=True, text=True, check=True)
+    report = json.loads([line for line in rerun.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["skipped"] == done_before
+    assert report["computed"] == [s for s in range(total) if s not in done_before]
+    subprocess.run(command(tmp_path / "straight"), env=env, capture_output=True, check=True)
+    resumed, straight = load_embeddings(run_dir), load_embeddings(tmp_path / "straight")
+    assert np.array_equal(resumed.vectors, straight.vectors) and resumed.digest == straight.digest
