@@ -8,27 +8,15 @@ from groupdiff.config import GuidanceConfig, SamplerConfig
 from groupdiff.models import SiT
 from groupdiff.sample import class_balanced_labels, generate, make_velocity_fn
 from groupdiff.transport import integrate, nfe
+from tests.sample.conftest import perturbed_tiny_sit
 
 SHAPE = (2, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def model() -> SiT:
-    torch.manual_seed(0)
-    m = SiT(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=2, num_heads=2,
-            num_classes=5, max_group_size=4, learn_sigma=True)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.1)
-    return m
+    """Tiny SiT with all weights perturbed (see conftest.perturbed_tiny_sit)."""
+    return perturbed_tiny_sit(0.1, in_channels=2)
 
 
 CASES = [

@@ -7,28 +7,15 @@ import torch
 from groupdiff.config import GuidanceConfig
 from groupdiff.models import SiT
 from groupdiff.sample import make_velocity_fn
+from tests.sample.conftest import perturbed_tiny_sit
 
 C = 2  # image channels of the tiny model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def model() -> SiT:
-    """Tiny SiT with all weights perturbed (a fresh SiT outputs 0 because of adaLN-Zero)."""
-    torch.manual_seed(0)
-    m = SiT(input_size=8, patch_size=2, in_channels=C, hidden_size=32, depth=2, num_heads=2,
-            num_classes=5, max_group_size=4, learn_sigma=True)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.3)
-    return m.eval()
+    """Tiny SiT with all weights perturbed (see conftest.perturbed_tiny_sit)."""
+    return perturbed_tiny_sit(0.3, in_channels=C).eval()
 
 
 class Spy:
