@@ -20,7 +20,21 @@ GroupingMode = Literal["similarity", "class", "random"]
 Sampler = Literal["ode-euler", "ode-heun", "sde-euler"]
 
 
-class PipelineParams(Section):
+class EvalProtocolParams(Section):
+    """How trained models are sampled and scored: shared by the pipeline and evaluate-model, so that a
+    registered version is re-evaluated under exactly the protocol that promoted it."""
+
+    sampler: Sampler = Field("ode-heun", description="Integrator for evaluation samples.")
+    sampling_steps: int = Field(12, ge=1, le=10_000, description="Integration steps per sample.")
+    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups; the same in every evaluation, for identical noise).")
+    cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale used for evaluation (1 = none).")
+    num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images per evaluation (a multiple of 10 x group_size).")
+    reference_limit: int = Field(2000, ge=0, le=10_000_000, description="Reference test images for fd_fmnist (0 = all 10k).")
+    classifier_train_limit: int = Field(6000, ge=0, le=10_000_000, description="Images the built-in classifier (evaluation features) trains on (0 = all).")
+    classifier_epochs: int = Field(1, ge=1, le=1000, description="Epochs of the built-in classifier.")
+
+
+class PipelineParams(EvalProtocolParams):
     """One pipeline run: embed -> mine -> train each variant -> sample -> score -> register the better."""
 
     preset: str = Field("tiny-fmnist", min_length=1, description="Config preset (groupdiff/presets/<name>.yaml) or a YAML path.")
@@ -37,14 +51,6 @@ class PipelineParams(Section):
     batch_images: int = Field(64, ge=1, le=1_000_000, description="Images per optimizer step (a multiple of group_size).")
     probe_every: int = Field(0, ge=0, le=10_000_000, description="Steps between group-benefit probes of GroupDiff runs (0 = off).")
     world_size: int = Field(1, ge=1, le=1024, description="Training ranks (1 = one process; more = torchrun on this machine).")
-    sampler: Sampler = Field("ode-heun", description="Integrator for evaluation samples.")
-    sampling_steps: int = Field(12, ge=1, le=10_000, description="Integration steps per sample.")
-    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups).")
-    cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale used for evaluation (1 = none).")
-    num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images per evaluation (a multiple of 10 x group_size).")
-    reference_limit: int = Field(2000, ge=0, le=10_000_000, description="Reference test images for fd_fmnist (0 = all 10k).")
-    classifier_train_limit: int = Field(6000, ge=0, le=10_000_000, description="Images the built-in classifier (evaluation features) trains on (0 = all).")
-    classifier_epochs: int = Field(1, ge=1, le=1000, description="Epochs of the built-in classifier.")
     seed: int = Field(0, ge=0, description="Seed of training, mining and sampling.")
     threads: int = Field(
         1, ge=0, le=256,
@@ -104,20 +110,11 @@ class PipelineParams(Section):
         return configs
 
 
-class EvaluateParams(Section):
+class EvaluateParams(EvalProtocolParams):
     """Evaluate one registered model version under the pipeline's protocol."""
 
     model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name.")
     version: str = Field("champion", min_length=1, description="A version number or an alias such as 'champion'.")
-    sampler: Sampler = Field("ode-heun", description="Integrator for evaluation samples.")
-    sampling_steps: int = Field(12, ge=1, le=10_000, description="Integration steps per sample.")
-    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups).")
-    cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale (1 = none).")
-    num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images (a multiple of 10 x the model's group size).")
-    sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (as in the pipeline, for identical noise).")
-    reference_limit: int = Field(2000, ge=0, le=10_000_000, description="Reference test images for fd_fmnist (0 = all).")
-    classifier_train_limit: int = Field(6000, ge=0, le=10_000_000, description="Images the evaluation classifier trains on.")
-    classifier_epochs: int = Field(1, ge=1, le=1000, description="Epochs of the evaluation classifier.")
     seed: int = Field(0, ge=0, description="Sampling seed.")
 
 
