@@ -51,7 +51,6 @@ Usage: .venv/bin/python bench/sample.py [--images 32] [--steps 10] [--repeats 4]
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -154,19 +153,10 @@ def calibrated_random_inception(path: Path, calibration: np.ndarray) -> Path:
     layer's output is normalised and the features have realistic magnitudes. Tests/benchmarks only.
     """
     from torch import nn
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from groupdiff.metrics.inception import to_nchw_uint8
+    from groupdiff.metrics.inception import random_inception_extractor, to_nchw_uint8
 
-    class RandomInit(FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
-            return nn.Module.load_state_dict(self, state_dict, strict=False)
-
-    empty = io.BytesIO()
-    torch.save({}, empty)
-    empty.seek(0)
-    torch.manual_seed(0)
-    net = RandomInit("random", ["2048"], feature_extractor_weights_path=empty)
+    net = random_inception_extractor(seed=0)
     for module in net.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average: after one batch, running stats = its stats

@@ -151,3 +151,22 @@ def to_nchw_uint8(images: np.ndarray) -> np.ndarray:
     if arr.shape[1] == 1:
         arr = np.repeat(arr, 3, axis=1)
     return np.ascontiguousarray(arr)
+
+
+def random_inception_extractor(seed: int = 0) -> torch.nn.Module:
+    """torch-fidelity's InceptionV3 with a seeded random initialisation instead of the FID weights.
+
+    For tests and benchmarks only: the real weights cannot be fetched here, and a state dict saved from
+    this network exercises exactly the weights-file path of :func:`resolve_weights_path` and the extractor.
+    """
+    base = _fidelity_class()
+
+    class RandomInit(base):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
+            return torch.nn.Module.load_state_dict(self, state_dict, strict=False)
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    torch.manual_seed(seed)
+    return RandomInit("random", ["2048"], feature_extractor_weights_path=empty)
