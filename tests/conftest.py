@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 log = logging.getLogger("groupdiff.stack")
 
@@ -50,3 +51,12 @@ def stack_env(local_stack, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (many small ops oversubscribe a shared CPU), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

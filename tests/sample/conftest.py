@@ -8,12 +8,8 @@ from groupdiff.models import SiT
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: one torch thread avoids oversubscribing a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every sampling test runs with one torch thread."""
 
 
 def perturbed_tiny_sit(std: float, in_channels: int = 2) -> SiT:
