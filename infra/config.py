@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ServiceName = Literal["postgres", "s3", "prefect", "worker", "mlflow"]
 ALL_SERVICES: tuple[str, ...] = ("postgres", "s3", "prefect", "worker", "mlflow")
@@ -17,6 +17,24 @@ REQUIRES: dict[str, tuple[str, ...]] = {
     "postgres": (), "s3": (), "prefect": ("postgres",), "worker": ("prefect",), "mlflow": ("postgres", "s3"),
 }
 DATABASES: tuple[str, ...] = ("prefect", "mlflow", "catalogue")
+
+
+class SeaweedPorts(BaseModel):
+    """The ports SeaweedFS (``weed mini``) opens besides the S3 API: master, volume server, filer, the S3
+    gateway's gRPC port and the admin server (started even with its UI off). All bind to 127.0.0.1; each must
+    differ from every other port of the stack (checked when the stack starts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master: int = Field(19333, ge=1024, le=65535, description="SeaweedFS master HTTP port (-master.port).")
+    master_grpc: int = Field(19334, ge=1024, le=65535, description="SeaweedFS master gRPC port (-master.port.grpc).")
+    volume: int = Field(19340, ge=1024, le=65535, description="SeaweedFS volume server HTTP port (-volume.port).")
+    volume_grpc: int = Field(19341, ge=1024, le=65535, description="SeaweedFS volume server gRPC port (-volume.port.grpc).")
+    filer: int = Field(19888, ge=1024, le=65535, description="SeaweedFS filer HTTP port (-filer.port).")
+    filer_grpc: int = Field(19889, ge=1024, le=65535, description="SeaweedFS filer gRPC port (-filer.port.grpc).")
+    s3_grpc: int = Field(19001, ge=1024, le=65535, description="SeaweedFS S3 gateway gRPC port (-s3.port.grpc).")
+    admin: int = Field(19646, ge=1024, le=65535, description="SeaweedFS admin server HTTP port (-admin.port; UI off).")
+    admin_grpc: int = Field(19647, ge=1024, le=65535, description="SeaweedFS admin server gRPC port (-admin.port.grpc).")
 
 
 class StackConfig(BaseModel):
@@ -29,7 +47,10 @@ class StackConfig(BaseModel):
         list(ALL_SERVICES), min_length=1, description="Services to run (dependencies are added automatically)."
     )
     postgres_port: int = Field(15432, ge=1024, le=65535, description="PostgreSQL port.")
-    s3_port: int = Field(19000, ge=1024, le=65535, description="S3 server (moto) port.")
+    s3_port: int = Field(19000, ge=1024, le=65535, description="S3 API port (the SeaweedFS S3 gateway).")
+    s3_internal_ports: SeaweedPorts = Field(
+        default_factory=SeaweedPorts, description="The other ports SeaweedFS opens on 127.0.0.1 (master, volume, filer, ...).",
+    )
     prefect_port: int = Field(14200, ge=1024, le=65535, description="Prefect server API/UI port.")
     worker_port: int = Field(14201, ge=1024, le=65535, description="Prefect worker health-check port.")
     mlflow_port: int = Field(15000, ge=1024, le=65535, description="MLflow tracking server port.")
@@ -63,6 +84,22 @@ class StackConfig(BaseModel):
             wanted |= extra
             changed = bool(extra)
         return [s for s in ALL_SERVICES if s in wanted]
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "StackConfig":
+        seen: dict[int, str] = {}
+        for name, port in self.all_ports.items():
+            if port in seen:
+                raise ValueError(f"port {port} is given to both {seen[port]} and {name}; every port must differ")
+            seen[port] = name
+        return self
+
+    @property
+    def all_ports(self) -> dict[str, int]:
+        """Every port of the stack by config field name (``s3_internal_ports.<name>`` for SeaweedFS's own)."""
+        out = {f"{name}_port": port for name, port in self.ports.items()}
+        out.update({f"s3_internal_ports.{k}": v for k, v in self.s3_internal_ports.model_dump().items()})
+        return out
 
     @property
     def ports(self) -> dict[str, int]:

@@ -42,6 +42,9 @@ class Service:
     user: str | None = None  # run as this OS user (PostgreSQL refuses to run as root)
     stop_signal: int = signal.SIGTERM
     url: str | None = None  # address shown to people (UI / API)
+    # further ports the process listens on, by the config field that sets each (checked free before starting)
+    extra_ports: dict[str, int] = field(default_factory=dict)
+    prepare: Callable[[], None] | None = None  # run just before the process starts (files it reads)
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -56,6 +59,19 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """``count`` distinct TCP ports that are free right now on ``host`` (held together while picked, so no
+    two are the same)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -159,6 +175,14 @@ def start(service: Service, state: Path, timeout_s: float) -> bool:
             f"cannot start {service.name}: port {service.port} on {HOST} is already taken by another process; "
             f"stop that process or choose another port (groupdiff up --{service.name}-port N)"
         )
+    for field_name, port in service.extra_ports.items():
+        if port_in_use(port):
+            raise PortInUseError(
+                f"cannot start {service.name}: port {port} on {HOST} ({field_name}) is already taken by another "
+                f"process; stop that process or choose another value for the stack setting {field_name}"
+            )
+    if service.prepare is not None:
+        service.prepare()
     for sub in ("pids", "logs"):
         (state / sub).mkdir(parents=True, exist_ok=True)
     log_path = log_file(state, service.name)

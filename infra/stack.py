@@ -1,8 +1,9 @@
-"""The local stack (DESIGN 2.4, tier 2): PostgreSQL, an S3 server (moto), Prefect server + process worker,
-MLflow server proxying artefacts to S3 — all on 127.0.0.1, all state under one folder.
+"""The local stack (DESIGN 2.4, tier 2): PostgreSQL, an S3 server (SeaweedFS), Prefect server + process
+worker, MLflow server proxying artefacts to S3 — all on 127.0.0.1, all state under one folder.
 
 ``up(config)`` starts what is not running (twice is harmless), ``status(config)`` reports health,
-``down(config)`` stops everything it started. ``<state>/stack.env`` holds the variables clients need
+``down(config)`` stops everything it started and keeps the data (PostgreSQL's cluster, SeaweedFS's
+volumes), ``purge(config)`` then deletes that data. ``<state>/stack.env`` holds the variables clients need
 (API addresses and the generated S3 credentials; mode 0600, never printed).
 """
 from __future__ import annotations
@@ -17,13 +18,16 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import postgres
+from . import postgres, seaweed
 from .config import ALL_SERVICES, DATABASES, REQUIRES, StackConfig
 from .process import HOST, Service, ServiceError, http_ok, log_file, read_pid, running, start, stop
 
 CONFIG_FILE = "stack.json"
 ENV_FILE = "stack.env"
 CREDENTIALS_FILE = "credentials.json"
+S3_DIR = "s3"  # SeaweedFS: data/, identities.json, run/ (its unix sockets)
+# What `purge` deletes: everything `up` writes into the state folder (nothing else there is touched).
+STATE_ENTRIES = ("postgres", S3_DIR, "prefect", "logs", "pids", CREDENTIALS_FILE, ENV_FILE, CONFIG_FILE)
 
 
 @dataclass
@@ -99,12 +103,11 @@ def services(config: StackConfig) -> dict[str, Service]:
     mlflow_env = {k: env[k] for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                       "AWS_DEFAULT_REGION")}
     mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if config.mlflow_jobs else "false"
-    s3_url = f"http://{HOST}:{p['s3']}"
     return {
         "postgres": postgres.service(state / "postgres", config.pg_bin_dir, p["postgres"], pg_user,
                                      durable=config.pg_durable),
-        "s3": Service("s3", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(p["s3"])], p["s3"],
-                      lambda: http_ok(f"{s3_url}/moto-api/"), url=s3_url),
+        "s3": seaweed.service(state / S3_DIR, p["s3"], config.s3_internal_ports, env["AWS_ACCESS_KEY_ID"],
+                              env["AWS_SECRET_ACCESS_KEY"]),
         "prefect": Service(
             "prefect", [_exe("prefect"), "server", "start", "--host", HOST, "--port", str(p["prefect"])],
             p["prefect"], lambda: http_ok(f"http://{HOST}:{p['prefect']}/api/health"), env=prefect_env,
@@ -127,14 +130,30 @@ def services(config: StackConfig) -> dict[str, Service]:
 
 
 def _make_buckets(config: StackConfig) -> None:
+    """Create the artefact and MLflow buckets unless they exist, retrying while the S3 server finishes starting
+    (its health check answers before the volume server has registered with the master)."""
     from minio import Minio
+    from minio.error import S3Error
 
     env = client_env(config)
     client = Minio(f"{HOST}:{config.s3_port}", access_key=env["AWS_ACCESS_KEY_ID"],
                    secret_key=env["AWS_SECRET_ACCESS_KEY"], secure=False, region=env["AWS_DEFAULT_REGION"])
+    deadline = time.monotonic() + config.start_timeout_s
     for bucket in (config.bucket, config.mlflow_bucket):
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
+        while True:
+            try:
+                if not client.bucket_exists(bucket):
+                    client.make_bucket(bucket)
+                break
+            except (S3Error, OSError) as exc:
+                if isinstance(exc, S3Error) and exc.code in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
+                    raise ServiceError(
+                        f"the S3 server at http://{HOST}:{config.s3_port} rejected the stack's credentials "
+                        f"({exc.code}); is another server on that port?"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"cannot create bucket {bucket!r} on http://{HOST}:{config.s3_port}: {exc}") from None
+                time.sleep(0.25)
 
 
 def _write_env(config: StackConfig) -> Path:
@@ -224,6 +243,50 @@ def status(config: StackConfig) -> list[ServiceStatus]:
         out.append(ServiceStatus(name, read_pid(state, name) if alive else None, alive,
                                  alive and defs[name].health(), defs[name].url, log_file(state, name)))
     return out
+
+
+def purge(config: StackConfig, echo=print) -> list[Path]:
+    """Delete the stack's data after ``down``: PostgreSQL's cluster (Prefect, MLflow, catalogue), SeaweedFS's
+    objects, Prefect's home, logs, credentials and settings. Prints each entry with its size before deleting
+    it; refuses while any service still runs. Only the entries ``up`` creates are touched (``STATE_ENTRIES``);
+    the state folder itself goes when it is then empty. Returns the paths deleted."""
+    state = config.state_dir.resolve()
+    alive = [name for name in ALL_SERVICES if running(state, name)]
+    if alive:
+        raise ServiceError(f"cannot purge {state}: {', '.join(alive)} still running; run 'groupdiff down' first")
+    found = [state / name for name in STATE_ENTRIES if (state / name).exists()]
+    if not found:
+        echo(f"nothing to purge in {state}")
+        return []
+    echo(f"purging the local stack's data in {state}:")
+    for path in found:
+        echo(f"  {path.name:<18} {_size(path) / 2**20:10.1f} MiB  {_what(path.name)}")
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    try:
+        state.rmdir()
+    except OSError:  # other files of the user's live there
+        pass
+    echo("purged")
+    return found
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _what(name: str) -> str:
+    return {
+        "postgres": "PostgreSQL cluster: Prefect, MLflow and catalogue databases",
+        S3_DIR: "SeaweedFS: every object of the artefact and MLflow buckets",
+        "prefect": "Prefect home", "logs": "service logs", "pids": "pid files",
+        CREDENTIALS_FILE: "generated S3 credentials", ENV_FILE: "client settings", CONFIG_FILE: "stack settings (ports)",
+    }.get(name, "")
 
 
 def down(config: StackConfig, echo=print) -> list[str]:

@@ -1,4 +1,4 @@
-"""The S3 object store (MinIO, moto's S3 server or AWS) through the ``minio`` client.
+"""The S3 object store (MinIO, SeaweedFS or any S3 server) through the ``minio`` client.
 
 Endpoint from :class:`~registry.config.ObjectStoreConfig` or ``$GROUPDIFF_S3_ENDPOINT``; credentials only
 from ``$AWS_ACCESS_KEY_ID`` / ``$AWS_SECRET_ACCESS_KEY`` (never stored, never printed). A write uploads to

@@ -1,4 +1,4 @@
-"""Session fixtures shared by tests/registry and tests/infra: one local stack (PostgreSQL, moto S3,
+"""Session fixtures shared by tests/registry and tests/infra: one local stack (PostgreSQL, SeaweedFS S3,
 Prefect server + worker, MLflow server) on free ports of 127.0.0.1, started once and stopped after."""
 from __future__ import annotations
 
@@ -14,18 +14,31 @@ import torch
 log = logging.getLogger("groupdiff.stack")
 
 
+def free_stack_ports() -> dict:
+    """StackConfig port fields, every one a free port of 127.0.0.1 (SeaweedFS's internal ones included), so
+    concurrent stacks (sessions, tests that start their own) never collide."""
+    from infra.config import SeaweedPorts
+    from infra.process import free_ports
+
+    services = ("postgres", "s3", "prefect", "worker", "mlflow")
+    internal = tuple(SeaweedPorts.model_fields)
+    picked = free_ports(len(services) + len(internal))
+    ports: dict = {f"{n}_port": port for n, port in zip(services, picked)}
+    ports["s3_internal_ports"] = SeaweedPorts(**dict(zip(internal, picked[len(services):])))
+    return ports
+
+
 @pytest.fixture(scope="session")
 def local_stack():
     """A running local stack: yields its ``StackConfig``; teardown stops it and checks nothing is left."""
     from infra.config import StackConfig
-    from infra.process import free_port, group_alive, read_pid
+    from infra.process import group_alive, read_pid
     from infra.stack import down, up
 
     # under /tmp (not pytest's 0700 tmp folder) so the unprivileged PostgreSQL user can enter it
     state = Path(tempfile.mkdtemp(prefix="groupdiff-stack-"))
     state.chmod(0o755)
-    ports = {f"{n}_port": free_port() for n in ("postgres", "s3", "prefect", "worker", "mlflow")}
-    config = StackConfig(state_dir=state, start_timeout_s=240, pg_durable=False, **ports)
+    config = StackConfig(state_dir=state, start_timeout_s=240, pg_durable=False, **free_stack_ports())
     pids: dict[str, int | None] = {}
     try:
         up(config, echo=log.info)

@@ -22,8 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         up.add_argument(f"--{name}-port", type=int, default=None, help=f"port of {name}")
     up.add_argument("--start-timeout", type=float, default=None, help="seconds a service may take to become healthy")
     up.set_defaults(func=run_up)
-    down = sub.add_parser("down", help="stop every service of the local stack")
+    down = sub.add_parser("down", help="stop every service of the local stack (its data stays)")
     _common(down)
+    down.add_argument("--purge", action="store_true",
+                      help="then delete the stack's data (databases, every S3 object, logs, credentials), "
+                           "listing what goes first")
     down.set_defaults(func=run_down)
     status = sub.add_parser("status", help="show the local stack's services and their health")
     _common(status)
@@ -57,11 +60,18 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from infra.stack import down
+    from infra.process import ServiceError
+    from infra.stack import down, purge
 
-    stopped = down(_config(args))
+    config = _config(args)
+    stopped = down(config)
     if not stopped:
         print("nothing was running")
+    if args.purge:
+        try:
+            purge(config)
+        except ServiceError as exc:
+            raise ValueError(str(exc)) from None
     return 0
 
 

@@ -16,6 +16,7 @@ from groupdiff.cli import main
 from infra.config import StackConfig
 from infra.process import PortInUseError, Service, ServiceError, free_port, group_alive, port_in_use, read_pid, start
 from infra.stack import ENV_FILE, down, status, up
+from tests.conftest import free_stack_ports
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +70,7 @@ def test_port_taken_is_a_clear_error(state_dir, capsys):
 
 
 def test_down_leaves_no_process_behind(state_dir, capsys):
-    config = StackConfig(state_dir=state_dir, services=["postgres", "s3"], postgres_port=free_port(),
-                         s3_port=free_port())
+    config = StackConfig(state_dir=state_dir, services=["postgres", "s3"], **free_stack_ports())
     up(config, echo=lambda _: None)
     pids = {name: read_pid(state_dir, name) for name in config.services}
     assert all(pids.values()) and all(group_alive(p) for p in pids.values())
@@ -110,3 +110,74 @@ def test_postgres_never_runs_as_root(local_stack):
     owner = os.stat(f"/proc/{pid}").st_uid
     expected = pwd.getpwnam(local_stack.pg_os_user).pw_uid if os.geteuid() == 0 else os.geteuid()
     assert owner == expected and owner != 0
+
+
+def _s3_only(state_dir: Path) -> StackConfig:
+    return StackConfig(state_dir=state_dir, services=["s3"], **free_stack_ports())
+
+
+def test_s3_keeps_its_objects_across_a_restart_and_purge_removes_them(state_dir, monkeypatch, capsys):
+    """SeaweedFS keeps data on disk under the state folder: down + up loses nothing; down --purge says what
+    goes, deletes it, and a new up starts empty."""
+    import psutil
+
+    from infra.stack import client_env
+    from registry.objectstore import open_store
+
+    config = _s3_only(state_dir)
+    up(config, echo=lambda _: None)
+    pid = read_pid(state_dir, "s3")
+    # every listening socket of the server is on 127.0.0.1, on a port of the config
+    listening = {c.laddr for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening and {a.ip for a in listening} == {"127.0.0.1"}, listening
+    assert {a.port for a in listening} <= {config.s3_port, *config.s3_internal_ports.model_dump().values()}
+    identities = state_dir / "s3" / "identities.json"
+    assert stat.S_IMODE(identities.stat().st_mode) == 0o600
+    for key, value in client_env(config).items():
+        monkeypatch.setenv(key, value)
+    store = open_store(f"s3://{config.bucket}")
+    data = os.urandom(300_000)
+    store.put_bytes("checkpoints/r/00000001/model.safetensors", data)
+    assert main(["down", "--state-dir", str(state_dir)]) == 0
+    assert not group_alive(pid)
+    up(config, echo=lambda _: None)
+    assert read_pid(state_dir, "s3") != pid
+    store = open_store(f"s3://{config.bucket}")
+    assert store.list() == ["checkpoints/r/00000001/model.safetensors"]
+    assert store.get_bytes("checkpoints/r/00000001/model.safetensors") == data  # size and sha256 verified
+    # purge refuses while the server runs, then lists and deletes the data
+    code = main(["down", "--state-dir", str(state_dir), "--purge"])
+    out = capsys.readouterr().out
+    assert code == 0 and "stopped s3" in out and "purging" in out
+    assert "s3 " in out and "every object" in out and "credentials.json" in out
+    assert not (state_dir / "s3").exists() and not (state_dir / "credentials.json").exists()
+    up(config, echo=lambda _: None)  # new credentials, empty buckets
+    for key, value in client_env(config).items():
+        monkeypatch.setenv(key, value)
+    assert open_store(f"s3://{config.bucket}").list() == []
+    down(config, echo=lambda _: None)
+
+
+def test_purge_refuses_while_a_service_runs(state_dir):
+    from infra.stack import purge
+
+    config = _s3_only(state_dir)
+    up(config, echo=lambda _: None)
+    try:
+        with pytest.raises(ServiceError, match="s3 still running"):
+            purge(config, echo=lambda _: None)
+        assert (state_dir / "s3" / "data").is_dir()
+    finally:
+        down(config, echo=lambda _: None)
+
+
+def test_every_port_must_differ_and_a_taken_internal_port_is_named(state_dir):
+    with pytest.raises(ValidationError, match="port 19333 is given to both"):
+        StackConfig(s3_port=19333)
+    config = _s3_only(state_dir)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config.s3_internal_ports.filer))
+        holder.listen()
+        with pytest.raises(PortInUseError, match=rf"port {config.s3_internal_ports.filer} .*s3_internal_ports.filer"):
+            up(config, echo=lambda _: None)
+    assert read_pid(state_dir, "s3") is None

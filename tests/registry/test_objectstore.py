@@ -1,4 +1,5 @@
-"""The same object-store suite on ``file://`` and on a real S3 server (moto, through the minio client)."""
+"""The same object-store suite on ``file://`` and on a real S3 server (the local stack's SeaweedFS, through the
+minio client)."""
 from __future__ import annotations
 
 import hashlib
@@ -170,44 +171,31 @@ def test_missing_credentials_and_bad_endpoint_are_clear_errors(monkeypatch):
         open_store("s3://bucket-x", ObjectStoreConfig(endpoint="127.0.0.1:9000/path"))
 
 
-@pytest.fixture(scope="module")
-def s3_with_auth(tmp_path_factory):
-    """A second S3 server that checks signatures: IAM user + key created during its first 3 (unchecked) calls."""
-    import json
-    import sys
-
-    import boto3
-
-    from infra.process import Service, free_port, http_ok, start, stop
-
-    state = tmp_path_factory.mktemp("s3auth")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    service = Service("s3auth", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
-                      lambda: http_ok(f"{url}/moto-api/"), env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
-    start(service, state, timeout_s=120)
-    try:
-        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap",
-                           aws_secret_access_key="bootstrap")
-        iam.create_user(UserName="groupdiff")
-        key = iam.create_access_key(UserName="groupdiff")["AccessKey"]
-        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="groupdiff", PolicyName="s3", PolicyDocument=json.dumps(policy))
-        yield url, key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        stop("s3auth", state, timeout_s=10)
-
-
-def test_wrong_s3_credentials_are_a_clear_error(s3_with_auth, monkeypatch):
-    url, access, secret = s3_with_auth
-    config = ObjectStoreConfig(endpoint=url, max_retries=1, backoff_s=0.01)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    open_store("s3://auth-bucket", config).put_bytes("data/x", b"payload")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(ObjectStoreError, match="rejected the credentials") as err:
-        open_store("s3://auth-bucket", config).get_bytes("data/x")
-    assert "not-the-secret" not in str(err.value) and secret not in str(err.value)
+@pytest.mark.parametrize("bad", ["secret", "access"])
+def test_wrong_s3_credentials_are_a_clear_error_and_write_nothing(stack_env, monkeypatch, bad):
+    """SeaweedFS checks signatures against the stack's identities file: a wrong secret (or an unknown access
+    key) is refused, the error names the endpoint and the environment variables, and nothing is written."""
+    endpoint = stack_env["GROUPDIFF_S3_ENDPOINT"]
+    config = ObjectStoreConfig(max_retries=1, backoff_s=0.01)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    good = open_store(f"s3://{bucket}", config)
+    good.put_bytes("data/x", b"payload")
+    wrong = "not-the-secret" if bad == "secret" else "unknownkey0000"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY" if bad == "secret" else "AWS_ACCESS_KEY_ID", wrong)
+    store = open_store(f"s3://{bucket}", config)
+    for action in (lambda: store.put_bytes("data/y", b"other"), lambda: store.get_bytes("data/x"),
+                   lambda: open_store(f"s3://{bucket}-new", config).put_bytes("data/z", b"1")):
+        with pytest.raises(ObjectStoreError, match="rejected the credentials") as err:
+            action()
+        message = str(err.value)
+        assert endpoint in message and "$AWS_ACCESS_KEY_ID" in message and "$AWS_SECRET_ACCESS_KEY" in message
+        assert wrong not in message and stack_env["AWS_SECRET_ACCESS_KEY"] not in message
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", stack_env["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", stack_env["AWS_SECRET_ACCESS_KEY"])
+    assert good.list() == ["data/x"] and good.get_bytes("data/x") == b"payload"
+    assert not good.client.bucket_exists(f"{bucket}-new")
+    # nothing half-written either: no temporary upload under the reserved prefix
+    assert [o.object_name for o in good.client.list_objects(bucket, recursive=True)] == ["data/x"]
 
 
 def test_store_root_from_the_environment(tmp_path, monkeypatch):
