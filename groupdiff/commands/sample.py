@@ -7,6 +7,7 @@ import os
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import add_preset_arguments
+    from ..weights import DEFAULT_WEIGHTS, WEIGHT_FILES
 
     parser = sub.add_parser(
         "sample", help="sample class-balanced groups (baseline / GroupDiff-f / GroupDiff-l) to an ADM .npz",
@@ -30,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention-layers", type=int, nargs="*", default=[], help="blocks for S_cross (default all)")
     parser.add_argument("--attention-window", type=float, nargs=2, default=[0.0, 1.0], metavar=("T_LOW", "T_HIGH"),
                         help="S_cross records network calls with t in this window (t=1 noise)")
+    parser.add_argument("--weights", choices=sorted(WEIGHT_FILES), default=DEFAULT_WEIGHTS,
+                        help="checkpoint weights to sample: ema (model.safetensors) or raw (weights.safetensors)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.set_defaults(func=run)
@@ -48,13 +51,13 @@ def run(args: argparse.Namespace) -> int:
         batches_per_shard=args.batches_per_shard, cfg_scales=args.cfg_scales, rank=args.rank,
         world_size=args.world_size, grid_groups=args.grid_groups, attention_score=not args.no_attention_score,
         attention_layers=args.attention_layers, attention_t_low=args.attention_window[0],
-        attention_t_high=args.attention_window[1], device=args.device,
+        attention_t_high=args.attention_window[1], device=args.device, weights=args.weights,
     )
-    model, config = load_model_and_config(args.checkpoint or None, args.preset, args.overrides)
+    model, config = load_model_and_config(args.checkpoint or None, args.preset, args.overrides, weights=args.weights)
     result = run_stage(stage, config, model)
     for scale, path in result.npz.items():
         s = result.s_cross.get(scale, float("nan"))
-        print(f"cfg {scale:g}: {path}  grid {result.grids.get(scale)}  mean S_cross {s:.4f}")
+        print(f"cfg {scale:g} ({stage.weights} weights): {path}  grid {result.grids.get(scale)}  mean S_cross {s:.4f}")
     if not result.npz:
         print(f"rank {stage.rank}: wrote {result.shards_written} shards; waiting for the other ranks' shards to merge")
     return 0

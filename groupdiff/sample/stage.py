@@ -36,17 +36,21 @@ from tqdm import tqdm
 from ..config import GroupDiffConfig, apply_overrides, load_preset
 from ..config_base import Section
 from ..metrics.npz import SampleBatch, read_samples_npz, to_uint8_nhwc, write_samples_npz
+from ..weights import DEFAULT_WEIGHTS, EMA_FILE, RAW_FILE, WEIGHT_FILES, WEIGHTS_DESCRIPTION, Weights
 from .attention_score import CrossAttentionRecorder
 from .generate import class_balanced_labels, generate
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = EMA_FILE  # what resolve_checkpoint_dir looks for: every checkpoint folder has its EMA file
+RAW_WEIGHTS_FILE = RAW_FILE
 CONFIG_FILE = "config.json"
+LOADED_WEIGHTS_ATTR = "groupdiff_weights"  # set on models by load_model_and_config: which file they hold
 
 
 class SampleStageConfig(Section):
     """What to sample and where to put it (the model, sampler and guidance come from GroupDiffConfig)."""
 
     out_dir: str = Field("samples", min_length=1, description="Output folder (shards, merged npz, grids).")
+    weights: Weights = Field(DEFAULT_WEIGHTS, description=WEIGHTS_DESCRIPTION + " Recorded in sample.json.")
     num_samples: int = Field(1000, ge=1, le=10_000_000, description="Images per cfg scale (multiple of classes x N).")
     batch_groups: int = Field(8, ge=1, le=65_536, description="Groups per generate() call (fixes the noise layout).")
     batches_per_shard: int = Field(4, ge=1, le=1_000_000, description="Batches per shard file (unit of resume).")
@@ -107,32 +111,42 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
 
 def load_model_and_config(
     checkpoint: str | Path | None, preset: str = "tiny-fmnist", overrides: list[str] | None = None,
-    init_seed: int = 0,
+    init_seed: int = 0, weights: Weights = DEFAULT_WEIGHTS,
 ) -> tuple[torch.nn.Module, GroupDiffConfig]:
-    """A model in eval mode and its config: from a checkpoint dir (``model.safetensors`` + ``config.json``,
-    overrides applied to the stored config) or, without one, a preset with random init (tests/demo)."""
+    """A model in eval mode and its config: from a checkpoint dir (``config.json`` + ``model.safetensors``
+    for ``weights='ema'`` or ``weights.safetensors`` for ``weights='raw'``; overrides applied to the stored
+    config) or, without one, a preset with random init (tests/demo). The model carries which weights it
+    holds (attribute ``groupdiff_weights``: 'ema', 'raw' or 'init'), checked by :func:`run`."""
     from ..models import build_model, read_state_dict
 
+    if weights not in WEIGHT_FILES:
+        raise ValueError(f"weights={weights!r}; expected one of {sorted(WEIGHT_FILES)}")
     if checkpoint:
         folder = resolve_checkpoint_dir(checkpoint)
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
+        file = WEIGHT_FILES[weights]
+        for name in (file, CONFIG_FILE):
             if not (folder / name).is_file():
-                raise FileNotFoundError(f"checkpoint dir {str(folder)!r} has no {name} (expected {WEIGHTS_FILE} + {CONFIG_FILE})")
+                raise FileNotFoundError(
+                    f"checkpoint dir {str(folder)!r} has no {name} (weights={weights!r} needs {file} + {CONFIG_FILE}; "
+                    f"training checkpoints hold {WEIGHTS_FILE} = EMA and {RAW_WEIGHTS_FILE} = raw)"
+                )
         data = json.loads((folder / CONFIG_FILE).read_text())
         config = GroupDiffConfig.model_validate(apply_overrides(data, overrides or []))
         model = build_model(config.model)
-        state, _ = read_state_dict(folder / WEIGHTS_FILE)
+        state, _ = read_state_dict(folder / file)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise KeyError(
-                f"{folder / WEIGHTS_FILE} does not match model {config.model.name}: missing "
+                f"{folder / file} does not match model {config.model.name}: missing "
                 f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
             )
+        setattr(model, LOADED_WEIGHTS_ATTR, weights)
     else:
         config = load_preset(preset, overrides or [])
         torch.manual_seed(init_seed)
         model = build_model(config.model)
+        setattr(model, LOADED_WEIGHTS_ATTR, "init")
     return model.eval(), config
 
 
@@ -193,7 +207,7 @@ def plan_digest(stage: SampleStageConfig, config: GroupDiffConfig, model: torch.
     fingerprint = [[name, float(p.double().sum()), float(p.double().square().sum())]
                    for name, p in model.state_dict().items()]
     fields = stage.model_dump(include={"num_samples", "batch_groups", "batches_per_shard", "attention_score",
-                                       "attention_layers", "attention_t_low", "attention_t_high"})
+                                       "attention_layers", "attention_t_low", "attention_t_high", "weights"})
     config_dump = config.model_dump(exclude={"guidance": {"cfg_scale"}})
     device_type = torch.device(stage.device).type  # noise streams differ between CPU and CUDA generators
     return {"digest": digest_json([config_dump, fields, fingerprint, device_type]), "stage": fields}
@@ -244,12 +258,28 @@ def _generate_shard(
                        {"s_cross": np.concatenate(s_cross), "group_index": np.concatenate(groups)})
 
 
+def shard_count(stage: SampleStageConfig, config: GroupDiffConfig) -> int:
+    """Number of shard files per cfg scale of this sampling plan (shards are numbered ``0 .. count - 1``)."""
+    return _plan(stage, config)[2]
+
+
 def run(
     stage: SampleStageConfig, config: GroupDiffConfig, model: torch.nn.Module, progress: bool = True,
+    shards: list[int] | None = None, merge: bool = True,
 ) -> SampleResult:
-    """Produce this rank's missing shards for every cfg scale, then merge the scales that are complete."""
+    """Produce this rank's missing shards for every cfg scale, then merge the scales that are complete.
+
+    ``shards`` names the shards to produce instead of this rank's share (an orchestrator handing out
+    single shards, e.g. ``flows/fanout.py``); ``merge=False`` only writes shards (no merge, no record).
+    """
     if stage.rank >= stage.world_size:
         raise ValueError(f"rank={stage.rank} must be below world_size={stage.world_size}")
+    loaded = getattr(model, LOADED_WEIGHTS_ATTR, None)
+    if loaded in WEIGHT_FILES and loaded != stage.weights:
+        raise ValueError(
+            f"the model holds the checkpoint's {loaded!r} weights but the stage says weights={stage.weights!r}; "
+            f"load it with load_model_and_config(..., weights={stage.weights!r})"
+        )
     labels, num_groups, num_shards = _plan(stage, config)
     decode = make_decoder(config, stage.device)
     scales = stage.cfg_scales or [config.guidance.cfg_scale]
@@ -257,7 +287,9 @@ def run(
     model = model.to(stage.device).eval()
     _check_plan(out, plan_digest(stage, config, model))
     result = SampleResult()
-    mine = [i for i in range(num_shards) if i % stage.world_size == stage.rank]
+    mine = [i for i in range(num_shards) if i % stage.world_size == stage.rank] if shards is None else list(shards)
+    if any(not 0 <= i < num_shards for i in mine):
+        raise ValueError(f"shards {mine} outside [0, {num_shards}): this plan has {num_shards} shards per cfg scale")
     started = time.time()
     for shard in tqdm(mine, desc=f"sample rank {stage.rank}", disable=not progress, unit="shard"):
         for scale in scales:
@@ -267,6 +299,8 @@ def run(
                 continue
             write_samples_npz(path, _generate_shard(model, config, stage, labels, scale, shard, num_groups, decode))
             result.shards_written += 1
+    if not merge:
+        return result
     for scale in scales:
         merged = merge_scale(out, scale, num_shards, config.guidance.group_size, stage.grid_groups)
         if merged is not None:
@@ -313,7 +347,7 @@ def save_group_grid(images: np.ndarray, group_size: int, num_groups: int, path: 
 
 def _write_record(out: Path, stage: SampleStageConfig, config: GroupDiffConfig, result: SampleResult, seconds: float) -> None:
     record = {
-        "stage": stage.model_dump(), "config": config.model_dump(),
+        "weights": stage.weights, "stage": stage.model_dump(), "config": config.model_dump(),
         "outputs": {scale_name(s): str(p) for s, p in result.npz.items()},
         "grids": {scale_name(s): str(p) for s, p in result.grids.items()},
         "s_cross": {scale_name(s): (v if math.isfinite(v) else None) for s, v in result.s_cross.items()},

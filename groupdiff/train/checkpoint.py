@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import GroupDiffConfig
+from ..weights import EMA_FILE, RAW_FILE
 
 LATEST = "latest"
 TAG = "state"
@@ -78,8 +79,8 @@ def save_checkpoint(engine, ema, config: GroupDiffConfig, state: dict[str, Any],
     torch.save(rng, tmp / "rng" / f"rank{rank}.pt")
     raw = full_state_dict(engine.module)  # collective under ZeRO-3
     if rank == 0:
-        save_file(ema.state_dict(), str(tmp / "model.safetensors"))
-        save_file(raw, str(tmp / "weights.safetensors"))
+        save_file(ema.state_dict(), str(tmp / EMA_FILE))
+        save_file(raw, str(tmp / RAW_FILE))
         (tmp / "config.json").write_text(config.model_dump_json(indent=2))
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     _barrier()

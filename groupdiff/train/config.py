@@ -42,7 +42,27 @@ class TrainConfig(Section):
         0.01, ge=0.0, le=1.0, description="AdamW weight decay; never applied to norm, bias or embedding parameters."
     )
     grad_clip: float = Field(3.0, ge=0.0, le=1e6, description="Max global gradient norm (0 = no clipping).")
-    ema_decay: float = Field(0.9999, ge=0.0, le=1.0, description="EMA decay per optimizer step (0 = EMA equals the weights).")
+    ema_decay: float = Field(
+        0.9999, ge=0.0, le=1.0,
+        description="EMA decay per optimizer step once warmed up: the cap of the warm-up schedule "
+        "(0 = EMA equals the weights; 1 = frozen unless the warm-up is below it).",
+    )
+    ema_warmup: Literal["none", "ramp", "power"] = Field(
+        "ramp",
+        description="EMA warm-up: decay at update s (s = optimizer steps already taken) is "
+        "'none': ema_decay; 'ramp': min(ema_decay, (1 + s) / (ema_ramp_offset + s)); "
+        "'power' (EDM2 power-function EMA): min(ema_decay, (1 - 1/(s + 1))^(ema_power_gamma + 1)).",
+    )
+    ema_ramp_offset: float = Field(
+        10.0, gt=1.0, le=1e9,
+        description="'ramp' warm-up: the 10 of (1 + s) / (10 + s); larger = longer warm-up (the EMA averages "
+        "over about the last (s + offset) / (offset - 1) steps).",
+    )
+    ema_power_gamma: float = Field(
+        6.94, gt=0.0, le=1e6,
+        description="'power' warm-up: exponent gamma of EDM2's power-function EMA (6.94 = relative std 0.05; "
+        "smaller = longer averaging window relative to the run's length).",
+    )
 
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain data parallel).")
     offload_optimizer: bool = Field(

@@ -1,7 +1,7 @@
 """AdamW parameter groups, the warm-up schedule and the EMA of the weights (DESIGN 1.3 optimiser recipe)."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -53,21 +53,56 @@ def warmup_factor(warmup_steps: int):
     return factor
 
 
+def ema_decay_at(step: int, config: TrainConfig) -> float:
+    """EMA decay of the update made after optimizer step ``step + 1`` (``step`` = steps already taken).
+
+    ``config.ema_warmup`` picks the form (see :class:`~groupdiff.train.config.TrainConfig`):
+    ``none`` -> ``ema_decay``; ``ramp`` -> ``min(ema_decay, (1 + s) / (ema_ramp_offset + s))``;
+    ``power`` -> ``min(ema_decay, (1 - 1 / (s + 1)) ** (ema_power_gamma + 1))`` (EDM2, Karras et al. 2024).
+    The decay depends only on the step, which a resumed run restores, so the schedule resumes exactly.
+    Both warm-ups give decay 0 or near 0 at the first update: the initialisation is forgotten at once.
+    """
+    if step < 0:
+        raise ValueError(f"EMA step must be >= 0, got {step}")
+    if config.ema_warmup == "none":
+        return config.ema_decay
+    if config.ema_warmup == "ramp":
+        warm = (1.0 + step) / (config.ema_ramp_offset + step)
+    elif config.ema_warmup == "power":
+        warm = (1.0 - 1.0 / (step + 1)) ** (config.ema_power_gamma + 1.0)
+    else:
+        raise ValueError(f"train.ema_warmup={config.ema_warmup!r}; expected 'none', 'ramp' or 'power'")
+    return min(config.ema_decay, warm)
+
+
 class EMA:
     """Exponential moving average of every tensor in a model's state dict, kept in fp32.
 
     Trainable parameters follow ``ema = decay * ema + (1 - decay) * param``; frozen ones (the fixed
     positional embedding) are copied. The official SiT keeps its EMA the same way (``update_ema``).
+    ``decay`` is a constant or a function of the step (:func:`ema_decay_at`); the step is passed to
+    :meth:`update` by the trainer, so the EMA holds no counter of its own and a resumed run, which
+    restores the step, continues the schedule exactly.
+
+    Not ``ema-pytorch``: it keeps a deep copy of the module (under ZeRO-3 a copy of partitioned
+    parameters, i.e. of empty shards) and its own step buffer that would have to be checkpointed beside
+    DeepSpeed's state; these few lines read the gathered weights and take the step from the trainer.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float | Callable[[int], float]):
         self.decay = decay
         with gathered(model):
             self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update after ``step`` optimizer steps were taken."""
+        return float(self.decay(step)) if callable(self.decay) else float(self.decay)
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """One EMA step from the model's current weights."""
+    def update(self, model: nn.Module, step: int = 0) -> float:
+        """One EMA step from the model's current weights (``step`` = optimizer steps taken before the one
+        just made); returns the decay used."""
+        decay = self.decay_at(step)
         with gathered(model):
             moving, values = [], []
             for name, param in model.named_parameters():
@@ -77,7 +112,19 @@ class EMA:
                 else:
                     self.shadow[name].copy_(param.detach().float())
             if moving:
-                torch._foreach_lerp_(moving, values, 1.0 - self.decay)  # one fused kernel per dtype/device
+                torch._foreach_lerp_(moving, values, 1.0 - decay)  # one fused kernel per dtype/device
+        return decay
+
+    @torch.no_grad()
+    def relative_difference(self, model: nn.Module) -> float:
+        """``||ema - raw|| / ||raw||`` over the trainable parameters (how far the sampled weights lag)."""
+        with gathered(model):
+            pairs = [(self.shadow[n], p.detach().float()) for n, p in model.named_parameters() if p.requires_grad]
+        if not pairs:
+            return 0.0
+        diff = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(e - r) for e, r in pairs]))
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(r) for _, r in pairs]))
+        return float(diff / norm.clamp_min(1e-30))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The EMA weights (contiguous CPU fp32 tensors, safetensors-ready)."""

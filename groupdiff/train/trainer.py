@@ -27,7 +27,7 @@ from .checkpoint import TAG, check_resumable, find_latest, load_rng, resolve_res
 from .data import EpochPlans, check_dataset, class_neighbours, draw_step, load_dataset, load_group_table
 from .ds_config import batch_layout, deepspeed_config, use_bf16
 from .launch import device_type, ensure_rendezvous_env, init_distributed
-from .optim import EMA, build_optimizer, global_grad_norm, param_groups, warmup_factor
+from .optim import EMA, build_optimizer, ema_decay_at, global_grad_norm, param_groups, warmup_factor
 from .probe import build_probe_set, run_probe
 from .tracker import default_tracker
 
@@ -145,7 +145,7 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     else:
         engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, t, dev_type), config=ds_cfg)
     device = engine.device
-    ema = EMA(engine.module, t.ema_decay)
+    ema = EMA(engine.module, lambda s: ema_decay_at(s, t))
     state = {"step": 0, "epoch": 0, "index": 0, "counters": {}}
     if resume is not None:
         from safetensors.torch import load_file
@@ -252,7 +252,7 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
             if grad_norm is None:
                 value = engine.get_global_grad_norm()
                 grad_norm = float(value) if value is not None else float("nan")
-            ema.update(model)
+            ema_decay = ema.update(model, step)
             window_busy += time.perf_counter() - started
             step, index = step + 1, index + 1
             counters["images"] += len(batch.indices)
@@ -263,6 +263,7 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
             bar.update(1)
             if step % t.log_every == 0 or step == t.steps:
                 metrics = {"loss": window_loss / window_steps, "grad_norm": grad_norm, "lr": lr, "epoch": epoch,
+                           "ema_decay": ema_decay, "ema_raw_rel_diff": ema.relative_difference(model),
                            "images_per_s": window_steps * t.global_batch_images / max(window_busy, 1e-9),
                            **{f"count/{k}": v for k, v in counters.items()}}
                 tracker.log_metrics(metrics, step=step)

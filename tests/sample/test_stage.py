@@ -188,3 +188,52 @@ def test_resume_refuses_shards_of_another_plan(checkpoint, tmp_path):
     # another cfg scale of the same plan is welcome in the same folder
     more, _ = _sample(checkpoint, tmp_path, cfg_scales=[3.0])
     assert more.shards_written == 3 and 3.0 in more.npz
+
+
+@pytest.fixture(scope="module")
+def ema_and_raw_checkpoint(checkpoint, tmp_path_factory):
+    """A training-style checkpoint: ``model.safetensors`` (the EMA) and other ``weights.safetensors`` (raw)."""
+    folder = tmp_path_factory.mktemp("ema_raw")
+    for name in ("model.safetensors", "config.json"):
+        (folder / name).write_bytes((checkpoint / name).read_bytes())
+    config = load_preset("tiny-fmnist", TINY)
+    torch.manual_seed(1)
+    raw = build_model(config.model)
+    for p in raw.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    save_file({k: v.contiguous() for k, v in raw.state_dict().items()}, str(folder / "weights.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("weights", ["ema", "raw"])
+def test_weights_choice_samples_that_file_end_to_end(ema_and_raw_checkpoint, tmp_path, weights):
+    """`groupdiff sample --weights W` gives exactly the images of a model holding W's file, and records W."""
+    from safetensors.torch import load_file
+
+    folder = ema_and_raw_checkpoint
+    sets = ["guidance.mode=baseline", "guidance.group_size=1", "guidance.cfg_scale=2.0"]
+    code = main(["sample", "--checkpoint", str(folder), "--out", str(tmp_path / "cli"), "--num-samples", "6",
+                 "--weights", weights, *[a for s in sets for a in ("--set", s)]])
+    assert code == 0
+    config = load_preset("tiny-fmnist", TINY + sets)
+    by_hand = {}
+    for name, file in (("ema", "model.safetensors"), ("raw", "weights.safetensors")):
+        model = build_model(config.model)
+        model.load_state_dict(load_file(str(folder / file)))
+        result = run(SampleStageConfig(out_dir=str(tmp_path / name), num_samples=6, weights=name), config,
+                     model.eval(), progress=False)
+        by_hand[name] = _load(result.npz[2.0])["arr_0"]
+    assert not np.array_equal(by_hand["ema"], by_hand["raw"])
+    np.testing.assert_array_equal(_load(tmp_path / "cli" / "cfg2" / "samples.npz")["arr_0"], by_hand[weights])
+    record = json.loads((tmp_path / "cli" / "sample.json").read_text())
+    assert record["weights"] == weights and record["stage"]["weights"] == weights
+
+
+def test_weights_mismatch_and_missing_file_are_refused(checkpoint, ema_and_raw_checkpoint, tmp_path):
+    model, config = load_model_and_config(ema_and_raw_checkpoint, weights="raw")
+    with pytest.raises(ValueError, match="holds the checkpoint's 'raw' weights but the stage says weights='ema'"):
+        run(SampleStageConfig(out_dir=str(tmp_path), num_samples=3, weights="ema"), config, model, progress=False)
+    with pytest.raises(FileNotFoundError, match="weights='raw' needs weights.safetensors"):
+        load_model_and_config(checkpoint, weights="raw")
+    with pytest.raises(ValueError, match="weights='best'"):
+        load_model_and_config(checkpoint, weights="best")

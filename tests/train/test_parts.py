@@ -8,7 +8,8 @@ import torch
 from groupdiff.grouping.plans import build_epoch_plan
 from groupdiff.models import build_model
 from groupdiff.train.data import class_neighbours, draw_step
-from groupdiff.train.optim import EMA, no_decay_names, param_groups, warmup_factor
+from groupdiff.train.config import TrainConfig
+from groupdiff.train.optim import EMA, ema_decay_at, no_decay_names, param_groups, warmup_factor
 from groupdiff.train.probe import shuffle_permutation
 
 
@@ -39,6 +40,89 @@ def test_ema_follows_the_closed_form():
         ema.update(model)
     expected = 0.9**5 * start + (1 - 0.9**5) * torch.ones_like(start)
     torch.testing.assert_close(ema.shadow["weight"], expected, rtol=0, atol=1e-6)
+
+
+def _constant_weights_ema(config: TrainConfig, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(init, target, EMA after k updates with the weights held at ``target``) under ``config``'s schedule."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    ema = EMA(model, lambda s: ema_decay_at(s, config))
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(k):
+        ema.update(model, step)
+    return start, torch.ones_like(start), ema.shadow["weight"]
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_ramp_ema_after_k_steps_of_constant_weights_is_the_closed_form(k):
+    """ramp: prod_{s<k} (1+s)/(10+s) = k! 9! / (k+9)! = 1 / C(k+9, 9) of the init is left."""
+    from math import comb
+
+    config = TrainConfig(ema_decay=1.0, ema_warmup="ramp", ema_ramp_offset=10)
+    start, target, ema = _constant_weights_ema(config, k)
+    left = 1.0 / comb(k + 9, 9)
+    torch.testing.assert_close(ema, left * start + (1 - left) * target, rtol=0, atol=1e-6)
+    assert left <= 0.1  # 90% of the init is forgotten at the first update already
+
+
+def test_ramp_ema_is_capped_at_ema_decay():
+    """Capped: the ramp runs until (1+s)/(10+s) exceeds ema_decay, then the decay is constant."""
+    from math import prod
+
+    config = TrainConfig(ema_decay=0.8, ema_warmup="ramp", ema_ramp_offset=10)
+    k = 60
+    ramp = [(1 + s) / (10 + s) for s in range(k)]
+    assert ramp[0] < 0.8 < ramp[-1]  # both regimes occur
+    left = prod(min(0.8, r) for r in ramp)
+    start, target, ema = _constant_weights_ema(config, k)
+    torch.testing.assert_close(ema, left * start + (1 - left) * target, rtol=0, atol=1e-6)
+    assert ema_decay_at(k, config) == 0.8 and ema_decay_at(0, config) == pytest.approx(0.1)
+
+
+def test_power_ema_weights_each_step_as_the_closed_form():
+    """power (EDM2): prod_{t'=t+1..k} (1 - 1/t')^(g+1) = (t/k)^(g+1), so the EMA after k steps of weights
+    theta_t is sum_t theta_t (t^(g+1) - (t-1)^(g+1)) / k^(g+1): the init has weight 0."""
+    gamma, k = 2.5, 30
+    config = TrainConfig(ema_decay=1.0, ema_warmup="power", ema_power_gamma=gamma)
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, lambda s: ema_decay_at(s, config))
+    for step in range(k):
+        with torch.no_grad():
+            model.weight.fill_(float(step + 1))  # theta_t = t
+        ema.update(model, step)
+    e = gamma + 1
+    expected = sum(t * (t**e - (t - 1) ** e) for t in range(1, k + 1)) / k**e
+    assert ema.shadow["weight"].item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(e / (e + 1) * k, rel=0.05)  # ~ the mean of t under density t^gamma
+
+
+def test_every_ema_field_changes_the_schedule():
+    base = TrainConfig(ema_decay=0.999)
+    steps = range(0, 400, 7)
+
+    def schedule(**update):
+        return [ema_decay_at(s, base.model_copy(update=update)) for s in steps]
+
+    ramp = schedule(ema_warmup="ramp")
+    assert schedule(ema_warmup="none") == [0.999] * len(ramp)
+    assert schedule(ema_warmup="power") != ramp
+    assert schedule(ema_ramp_offset=20.0) != ramp
+    assert schedule(ema_warmup="power", ema_power_gamma=3.0) != schedule(ema_warmup="power")
+    assert schedule(ema_decay=0.9) != ramp and max(schedule(ema_decay=0.9)) == 0.9
+    # the reason for the warm-up: 400 steps without it leave 0.999^400 = 0.67 of the init in the EMA
+    from math import prod
+
+    assert prod(0.999 for _ in range(400)) > 0.6
+    assert prod(ema_decay_at(s, base) for s in range(400)) < 1e-15
+
+
+def test_bad_ema_settings_name_the_field():
+    with pytest.raises(ValueError, match="ema_ramp_offset"):
+        TrainConfig(ema_ramp_offset=1.0)
+    with pytest.raises(ValueError, match="ema_warmup"):
+        TrainConfig(ema_warmup="linear")
 
 
 def test_warmup_is_linear_then_constant():

@@ -36,6 +36,9 @@ def test_each_variant_trains_and_checkpoints(variant, tmp_path, tiny_config, fmn
         assert resolve_checkpoint_dir(handle) == ckpt
     torch.testing.assert_close(model.state_dict()["final_layer.linear.weight"],
                                load_file(str(ckpt / "model.safetensors"))["final_layer.linear.weight"])
+    raw_model, _ = load_model_and_config(ckpt, weights="raw")  # the raw weights of the same checkpoint
+    torch.testing.assert_close(raw_model.state_dict()["final_layer.linear.weight"],
+                               load_file(str(ckpt / "weights.safetensors"))["final_layer.linear.weight"])
     mode, n = ("baseline", 1) if variant == "baseline" else (variant, 4)
     guidance = saved.guidance.model_copy(update={"mode": mode, "group_size": n, "cfg_scale": 1.5})
     samples = generate(model, torch.tensor([3, 3, 3, 3, 7, 7, 7, 7]), saved.sampler.model_copy(update={"num_steps": 2}), guidance,
@@ -76,10 +79,11 @@ class _KillAt(JsonlTracker):
             raise _Interrupt(step)
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-def test_resumed_run_equals_uninterrupted_run(stage, tmp_path, tiny_config, fmnist_small):
+@pytest.mark.parametrize(("stage", "ema_warmup"), [(0, "ramp"), (2, "power")])
+def test_resumed_run_equals_uninterrupted_run(stage, ema_warmup, tmp_path, tiny_config, fmnist_small):
+    """Weights, EMA (whose warm-up decay depends on the step) and counters equal an uninterrupted run."""
     opts = ("train.variant=groupdiff-l", "train.group_ratio=0.5", "train.steps=8", "train.checkpoint_every=4",
-            f"train.zero_stage={stage}",
+            f"train.zero_stage={stage}", f"train.ema_warmup={ema_warmup}", "train.ema_decay=0.99",
             "train.micro_batch_images=16", "train.warmup_steps=3")
     straight = train(tiny_config(*opts), tmp_path / "straight", data=fmnist_small)
     with pytest.raises(_Interrupt):
@@ -97,6 +101,13 @@ def test_resumed_run_equals_uninterrupted_run(stage, tmp_path, tiny_config, fmni
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=f"{name}:{key}")
     assert json.loads((resumed.checkpoint / "trainer_state.json").read_text())["counters"] == \
         json.loads((straight.checkpoint / "trainer_state.json").read_text())["counters"]
+    # the EMA schedule continued at the restored step (a restarted schedule would use decay(0) at step 5)
+    decays = {r["step"]: r["metrics"]["ema_decay"] for r in _metrics(tmp_path / "straight")}
+    resumed_decays = {r["step"]: r["metrics"]["ema_decay"] for r in _metrics(tmp_path / "cut") if r["step"] > 4}
+    assert resumed_decays == {s: decays[s] for s in range(5, 9)}
+    assert decays[5] > decays[1] + 0.1
+    ema, raw = (load_file(str(resumed.checkpoint / n)) for n in ("model.safetensors", "weights.safetensors"))
+    assert not torch.equal(ema["final_layer.linear.weight"], raw["final_layer.linear.weight"])
 
 
 ZERO_OPTS = ("train.variant=groupdiff-f", "train.steps=2", "train.checkpoint_every=1", "train.micro_batch_images=16")
@@ -146,8 +157,9 @@ def test_pretrained_init_from_official_layout(tmp_path, tiny_config, fmnist_smal
     official = official_state_dict(source)
     path = tmp_path / "SiT-tiny.pt"
     torch.save({"model": official, "ema": official, "opt": {}}, path)
-    # EMA decay 1 keeps the initial weights, so model.safetensors shows exactly what was loaded
-    run = train(tiny_config(f"train.init_from=pretrained:{path}", "train.ema_decay=1.0", "train.steps=1"),
+    # EMA decay 1 without warm-up keeps the initial weights, so model.safetensors shows exactly what was loaded
+    run = train(tiny_config(f"train.init_from=pretrained:{path}", "train.ema_decay=1.0", "train.ema_warmup=none",
+                            "train.steps=1"),
                 tmp_path / "run", data=fmnist_small)
     report = json.loads((tmp_path / "run" / "init_report.json").read_text())
     assert report["mode"] == "pretrained" and report["newly_initialised"] == ["s_embedder.embedding_table.weight"]
