@@ -1,6 +1,8 @@
-"""``groupdiff up | down | status``: the local service stack (PostgreSQL, S3, Prefect, MLflow) on 127.0.0.1.
+"""``groupdiff up | down | status``: the local service stack (PostgreSQL, S3, Prefect, MLflow) on 127.0.0.1;
+``groupdiff check``: the records (catalogue, MLflow registry) against the object store.
 
-``infra`` is imported inside the functions: the ML library itself never depends on the service layer.
+``infra`` and ``registry`` are imported inside the functions: the ML library itself never depends on the
+service layer (the logic lives in ``infra.stack`` and ``registry.consistency``; these are thin hooks).
 """
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = sub.add_parser("status", help="show the local stack's services and their health")
     _common(status)
     status.set_defaults(func=run_status)
+    check = sub.add_parser(
+        "check", help="check that every artefact the catalogue and the MLflow registry point to is in the object "
+                      "store and intact, and list stored objects nothing references (exit 1 if one is missing)")
+    check.add_argument("--store-root", default="", help="object store root; default $GROUPDIFF_STORE_ROOT or the embedded default")
+    check.add_argument("--catalogue-url", default="", help="catalogue URL; default $GROUPDIFF_CATALOGUE_URL or the embedded default")
+    check.add_argument("--mlflow-uri", default="", help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or the "
+                                                        "embedded default; 'none' skips MLflow")
+    check.add_argument("--no-verify-data", action="store_true",
+                       help="check presence and recorded sizes only, without reading every object back")
+    check.set_defaults(func=run_check)
 
 
 def _config(args: argparse.Namespace):
@@ -91,3 +103,15 @@ def run_status(args: argparse.Namespace) -> int:
         table.add_row(row.name, state, str(row.pid or "-"), row.url or "", str(row.log))
     Console(width=200).print(table)
     return 0 if all(r.healthy for r in rows) else 1
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Prints each missing, corrupt or unreferenced artefact with what points at it; exit 1 when an artefact
+    is missing or corrupt."""
+    from registry.consistency import CheckConfig, format_report, run
+
+    config = CheckConfig(store_root=args.store_root, catalogue_url=args.catalogue_url, mlflow_uri=args.mlflow_uri,
+                         verify_data=not args.no_verify_data)
+    report = run(config)
+    print(format_report(report))
+    return report.exit_code

@@ -1,0 +1,161 @@
+"""``groupdiff check`` on the embedded records (file:// store, SQLite catalogue, MLflow on SQLite): clean
+records pass; a deleted, truncated or corrupted object, an incomplete folder, a deleted MLflow model file and a
+leftover object are each named with the rows that point at them. The same check on the local stack
+(SeaweedFS, PostgreSQL, MLflow server) runs in tests/flows/test_restart.py."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from groupdiff.cli import main
+from groupdiff.config import GuidanceConfig, ModelConfig, SamplerConfig
+from groupdiff.models import build_model
+from registry.catalogue.db import open_session
+from registry.catalogue.records import (
+    record_checkpoint, record_dataset, record_embedding_set, record_evaluation, record_group_table,
+    record_model_version,
+)
+from registry.consistency import CORRUPT, MISSING, UNREFERENCED, check
+from registry.layout import checkpoint_prefix, embeddings_prefix, groups_prefix, samples_key
+from registry.mlflow_model import log_groupdiff_model
+from registry.objectstore import open_store
+
+MODEL = ModelConfig(name="custom", depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=8, in_channels=1,
+                    num_classes=3, learn_sigma=False, max_group_size=4)
+CKPT = checkpoint_prefix("baseline-abc", 2)
+SAMPLES = samples_key("baseline-abc", "ev1")
+
+
+def _folder(store, prefix: str, files: dict[str, bytes]) -> str:
+    for name, data in files.items():
+        store.put_bytes(f"{prefix}/{name}", data)
+    store.put_bytes(f"{prefix}/manifest.json", json.dumps({"files": sorted(files)}).encode())  # written last
+    return store.uri(prefix)
+
+
+@pytest.fixture
+def records(tmp_path):
+    """A small, consistent set of records: store objects, catalogue rows, one registered MLflow model."""
+    store = open_store(f"file://{tmp_path / 'store'}")
+    catalogue = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    emb = _folder(store, embeddings_prefix("pixels", "e1"), {"shard-0.npy": b"e" * 100})
+    groups = _folder(store, groups_prefix("g1"), {"groups.npz": b"g" * 50})
+    ckpt = _folder(store, CKPT, {"model.safetensors": b"w" * 300, "config.json": b"{}"})
+    store.put_bytes(SAMPLES, b"s" * 200)
+    store.put_bytes(SAMPLES.replace("samples.npz", "scores/d1/metrics.json"), b"{}")  # the evaluation's folder
+    client = mlflow.MlflowClient(tracking)
+    experiment = client.create_experiment("check", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    mlflow.set_tracking_uri(tracking)
+    try:
+        torch.manual_seed(0)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = log_groupdiff_model(build_model(MODEL).eval(), MODEL, SamplerConfig(num_steps=2),
+                                       GuidanceConfig(), registered_model_name="gd-check")
+    finally:
+        mlflow.set_tracking_uri(None)
+    version = int(info.registered_model_version)
+    client.set_model_version_tag("gd-check", str(version), "groupdiff.checkpoint", ckpt)
+    client.set_model_version_tag("gd-check", str(version), "groupdiff.samples", store.uri(SAMPLES))
+    factory = open_session(catalogue)
+    with factory.begin() as session:
+        ds = record_dataset(session, "fmnist-train", "d1", "builtin://fmnist-train")
+        es = record_embedding_set(session, ds, "pixels", "e1", emb)
+        gt = record_group_table(session, es, "g1", groups)
+        cp = record_checkpoint(session, run.info.run_id, 2, "c1", ckpt, ds, gt)
+        ev = record_evaluation(session, cp, "proto-1", "fd_fmnist", 12.5, "s1", store.uri(SAMPLES))
+        record_model_version(session, "gd-check", version, ckpt, cp, ev, run.info.run_id)
+    return store, factory, tracking, tmp_path
+
+
+def _check(records, verify_data: bool = True):
+    store, factory, tracking, _ = records
+    with factory() as session:
+        return check(store, session, tracking, verify_data)
+
+
+def test_consistent_records_are_clean(records):
+    report = _check(records)
+    assert report.problems == [] and report.exit_code == 0
+    assert report.rows == 6 and report.model_versions == 1 and report.objects_verified == 8
+    assert report.outside == ["builtin://fmnist-train"]
+
+
+def test_a_deleted_object_is_named_with_every_row_that_points_to_it(records, capsys):
+    store, _, tracking, tmp_path = records
+    store.delete(SAMPLES)
+    report = _check(records)
+    assert report.exit_code == 1
+    [missing] = report.of(MISSING)
+    assert missing.target == store.uri(SAMPLES)
+    assert sorted(missing.referenced_by) == ["catalogue evaluations #1 (fd_fmnist=12.5, protocol proto-1)",
+                                             "mlflow model gd-check v1 (tag groupdiff.samples)"]
+    assert report.of(CORRUPT) == []
+    # the evaluation's other objects are now owned by nothing
+    assert [p.target for p in report.of(UNREFERENCED)] == [store.uri(SAMPLES.replace("samples.npz", "scores/d1/metrics.json"))]
+    # the command line says the same and exits non-zero
+    code = main(["check", "--store-root", store.root, "--catalogue-url", f"sqlite:///{tmp_path / 'catalogue.db'}",
+                 "--mlflow-uri", tracking])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"MISSING      {store.uri(SAMPLES)}" in out and "referenced by catalogue evaluations #1" in out
+    assert "1 missing, 0 corrupt, 1 unreferenced" in out
+
+
+def test_a_folder_without_its_manifest_is_missing_and_names_the_checkpoint_and_model_version(records):
+    store = records[0]
+    store.delete(f"{CKPT}/manifest.json")
+    [missing] = _check(records).of(MISSING)
+    assert missing.target == store.uri(f"{CKPT}/manifest.json") and "never completed" in missing.detail
+    assert set(missing.referenced_by) == {"catalogue checkpoints #1 (run " + missing.referenced_by[0].split("(run ")[1],
+                                          "catalogue model_versions #1 (gd-check v1)",
+                                          "mlflow model gd-check v1 (tag groupdiff.checkpoint)"}
+    for key in store.list(CKPT):
+        store.delete(key)
+    [gone] = _check(records).of(MISSING)
+    assert gone.target == store.uri(CKPT) and gone.detail == "no object at this URI or under it"
+
+
+def test_changed_bytes_are_corrupt_and_a_size_change_is_caught_without_reading(records):
+    store = records[0]
+    key = f"{CKPT}/model.safetensors"
+    (store.path / key).write_bytes(b"w" * 299 + b"x")  # same size, other bytes
+    [bad] = _check(records).of(CORRUPT)
+    assert bad.target == store.uri(key) and "sha256" in bad.detail and "checkpoints #1" in bad.referenced_by[0]
+    assert _check(records, verify_data=False).of(CORRUPT) == []  # only reading finds a same-size change
+    (store.path / key).write_bytes(b"w" * 10)
+    assert [p.target for p in _check(records, verify_data=True).of(CORRUPT)] == [store.uri(key)]
+    assert _check(records).exit_code == 1
+
+
+def test_a_leftover_object_is_unreferenced_but_not_an_error(records):
+    store = records[0]
+    store.put_bytes("weights/orphan.bin", b"o")
+    report = _check(records)
+    assert [(p.kind, p.target) for p in report.problems] == [(UNREFERENCED, store.uri("weights/orphan.bin"))]
+    assert report.exit_code == 0
+
+
+def test_a_deleted_mlflow_model_file_and_an_unknown_version_are_missing(records):
+    from sqlalchemy import update
+
+    from registry.catalogue.models import ModelVersion
+
+    store, factory, _, tmp_path = records
+    [weights] = list((tmp_path / "mlartifacts").rglob("weights.pt"))
+    weights.unlink()
+    [missing] = _check(records).of(MISSING)
+    assert missing.target.endswith("/artifacts/weights.pt") and missing.referenced_by == ["mlflow model gd-check v1"]
+    shutil.rmtree(weights.parent.parent)  # the whole model folder, MLmodel included
+    [missing] = _check(records).of(MISSING)
+    assert missing.target.endswith("/MLmodel") and "cannot be loaded" in missing.detail
+    with factory.begin() as session:
+        session.execute(update(ModelVersion).values(version=7))
+    problems = {p.target: p for p in _check(records).of(MISSING)}
+    assert "models:/gd-check/7" in problems
+    assert problems["models:/gd-check/7"].referenced_by == ["catalogue model_versions (gd-check v7)"]
