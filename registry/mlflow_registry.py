@@ -3,9 +3,11 @@ when the candidate beats the champion under the same evaluation protocol, and da
 
 Tags written on model versions (all strings):
 
-* ``eval.protocol_id``, ``eval.<metric>`` — the candidate's evaluation;
+* ``eval.protocol_id``, ``eval.<metric>`` and, when given, ``eval.<metric>_ci_low`` /
+  ``eval.<metric>_ci_high`` (its bootstrap interval) — the candidate's evaluation;
 * ``promotion.decision`` (``promoted`` | ``rejected`` | ``incomparable``), ``promotion.rule``,
-  ``promotion.candidate_score``, ``promotion.champion_version``, ``promotion.champion_score``,
+  ``promotion.reason``, ``promotion.candidate_score``, ``promotion.candidate_interval``,
+  ``promotion.champion_version``, ``promotion.champion_score``, ``promotion.champion_interval``,
   ``promotion.protocol_id``, ``promotion.metric``, ``promotion.time`` — the comparison and its inputs;
 * on a replaced champion: ``champion.replaced_by`` and ``champion.replaced_time`` (its history; it does
   not become ``challenger``, which is reserved for candidates that lost).
@@ -34,6 +36,17 @@ class Decision:
     candidate_score: float
     champion_score: float | None
     reason: str
+    champion_interval: tuple[float, float] | None = None
+
+
+def _interval_tags(metric: str) -> tuple[str, str]:
+    return f"eval.{metric}_ci_low", f"eval.{metric}_ci_high"
+
+
+def recorded_interval(tags: dict[str, str], metric: str) -> tuple[float, float] | None:
+    """The bootstrap interval a version was registered with (its ``eval.<metric>_ci_low/high`` tags), or None."""
+    low, high = (tags.get(k) for k in _interval_tags(metric))
+    return (float(low), float(high)) if low is not None and high is not None else None
 
 
 def _missing(exc: MlflowException) -> bool:
@@ -65,13 +78,28 @@ def _better(candidate: float, champion: float, lower_is_better: bool) -> bool:
     return candidate < champion if lower_is_better else candidate > champion
 
 
+def beats(candidate: float, champion: float, champion_interval: tuple[float, float] | None,
+          lower_is_better: bool) -> bool:
+    """The gate: with the champion's interval, ``candidate`` must lie beyond it (below its low end when lower
+    is better, above its high end otherwise); without one, plainly better than the champion's score."""
+    if champion_interval is None:
+        return _better(candidate, champion, lower_is_better)
+    low, high = champion_interval
+    return candidate < low if lower_is_better else candidate > high
+
+
 def promote_if_better(client: MlflowClient, name: str, version: str | int, score: float, protocol_id: str,
-                      metric: str = "fid", lower_is_better: bool = True) -> Decision:
+                      metric: str = "fid", lower_is_better: bool = True,
+                      interval: tuple[float, float] | None = None) -> Decision:
     """Give ``version`` the ``champion`` alias only if ``score`` beats the champion's under ``protocol_id``.
 
-    No champion yet -> promoted. Champion evaluated under another protocol -> ``incomparable`` (no
-    change). Worse or equal -> ``rejected`` and the candidate becomes ``challenger``. The comparison and
-    its inputs are written as tags on the candidate.
+    ``interval`` is the candidate's bootstrap interval of ``score``; it is recorded on the version, so
+    when this version is champion a challenger must beat it *beyond* that interval (:func:`beats`): a
+    score inside the champion's interval is noise of the finite sample set and is rejected. A champion
+    registered without an interval is compared by its score alone. No champion yet -> promoted.
+    Champion evaluated under another protocol -> ``incomparable`` (no change). Not better -> ``rejected``
+    and the candidate becomes ``challenger``. The comparison and its inputs are written as tags on the
+    candidate.
     """
     require_registered_model(client, name)
     version = str(version)
@@ -79,45 +107,62 @@ def promote_if_better(client: MlflowClient, name: str, version: str | int, score
     if not protocol_id:
         raise ValueError("protocol_id must be a non-empty evaluation protocol id")
     score = float(score)
+    if interval is not None:
+        interval = (float(interval[0]), float(interval[1]))
+        if not interval[0] <= interval[1]:
+            raise ValueError(f"interval {interval} of {metric}: the low end must not exceed the high end")
     client.set_model_version_tag(name, version, "eval.protocol_id", protocol_id)
     client.set_model_version_tag(name, version, f"eval.{metric}", repr(score))
+    if interval is not None:
+        for key, value in zip(_interval_tags(metric), interval):
+            client.set_model_version_tag(name, version, key, repr(value))
     champion = version_by_alias(client, name, CHAMPION)
     champ_score: float | None = None
-    if champion is None or champion.version == version:
+    champ_interval: tuple[float, float] | None = None
+    champion_version = str(champion.version) if champion is not None else None  # SQLite stores give ints
+    if champion is None or champion_version == version:
         decision, reason = "promoted", "no champion yet" if champion is None else "already champion"
     else:
         champ_protocol = champion.tags.get("eval.protocol_id")
         raw = champion.tags.get(f"eval.{metric}")
         champ_score = float(raw) if raw is not None else None
+        champ_interval = recorded_interval(champion.tags, metric)
+        beyond = f"beyond champion's interval [{champ_interval[0]:.6g}, {champ_interval[1]:.6g}]" if champ_interval \
+            else "than champion's score (no interval recorded)"
         if champ_protocol != protocol_id or champ_score is None:
             decision = "incomparable"
             reason = (f"champion v{champion.version} was evaluated under protocol {champ_protocol!r} "
                       f"({metric}={raw}), candidate under {protocol_id!r}")
-        elif _better(score, champ_score, lower_is_better):
-            decision, reason = "promoted", f"{metric} {score} beats champion's {champ_score}"
+        elif beats(score, champ_score, champ_interval, lower_is_better):
+            decision, reason = "promoted", f"{metric} {score:.6g} is better {beyond} (champion {champ_score:.6g})"
         else:
-            decision, reason = "rejected", f"{metric} {score} does not beat champion's {champ_score}"
+            decision, reason = "rejected", f"{metric} {score:.6g} is not better {beyond} (champion {champ_score:.6g})"
+    direction = "lower" if lower_is_better else "higher"
     tags = {
         "promotion.decision": decision, "promotion.reason": reason,
-        "promotion.rule": f"{metric} {'lower' if lower_is_better else 'higher'} is better, same protocol",
+        "promotion.rule": f"{metric} {direction} is better, same protocol; beyond the champion's bootstrap "
+                          "interval when it has one",
         "promotion.candidate_score": repr(score), "promotion.protocol_id": protocol_id, "promotion.metric": metric,
-        "promotion.champion_version": champion.version if champion else "",
+        "promotion.candidate_interval": repr(list(interval)) if interval is not None else "",
+        "promotion.champion_version": champion_version or "",
         "promotion.champion_score": repr(champ_score) if champ_score is not None else "",
+        "promotion.champion_interval": repr(list(champ_interval)) if champ_interval is not None else "",
         "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     if decision == "promoted":
-        if champion is not None and champion.version != version:
+        if champion is not None and champion_version != version:
             client.set_model_version_tag(name, champion.version, "champion.replaced_by", version)
             client.set_model_version_tag(name, champion.version, "champion.replaced_time", tags["promotion.time"])
         challenger = version_by_alias(client, name, CHALLENGER)
-        if challenger is not None and challenger.version == version:
+        if challenger is not None and str(challenger.version) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
         client.set_registered_model_alias(name, CHAMPION, version)
     elif decision == "rejected":
         client.set_registered_model_alias(name, CHALLENGER, version)
-    return Decision(decision, version, champion.version if champion else None, score, champ_score, reason)
+    return Decision(decision, version, champion_version, score, champ_score, reason,
+                    champ_interval)
 
 
 def log_dataset(client: MlflowClient, run_id: str, features, targets=None, source: str | None = None,

@@ -5,6 +5,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..metrics.score import ScoreConfig
+
     parser = sub.add_parser(
         "score", help="score a samples .npz: fid/sfid/is/precision/recall (inception) or *_fmnist (classifier)",
         description="One feature pass per space. 'inception' needs --reference (ADM reference batch) and "
@@ -18,7 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference", default="", help="reference batch .npz (arr_0 and/or mu, sigma, mu_s, sigma_s)")
     parser.add_argument("--inception-weights", default="", help="FID InceptionV3 weights file (path or file:// URI)")
     parser.add_argument("--classifier-weights", default="", help="built-in classifier .safetensors")
-    parser.add_argument("--reference-limit", type=int, default=0, help="first N built-in test images (0 = all)")
+    defaults = {k: f.default for k, f in ScoreConfig.model_fields.items()}
+    parser.add_argument("--reference-limit", type=int, default=defaults["fmnist_reference_limit"],
+                        help="first N built-in test images form the reference (0 = all; the floor takes images after them)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="do not score the real-data floor (held-out real test images of the samples' size)")
+    parser.add_argument("--fd-bootstrap", type=int, default=defaults["fd_bootstrap"],
+                        help="resamples of the samples for the fd interval (0 = none)")
+    parser.add_argument("--fd-interval", type=float, default=defaults["fd_interval"], help="coverage of the fd interval")
     parser.add_argument("--cache-dir", default="", help="cache for reference statistics")
     parser.add_argument("--pr-k", type=int, default=3)
     parser.add_argument("--is-splits", type=int, default=1)
@@ -28,6 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(func=run)
+
+
+def format_with_floor(result: dict) -> str:
+    """Plain-text table: each metric of the samples beside the real-data floor's (if scored)."""
+    metrics, floor = result["metrics"], result.get("floor") or {}
+    width = max(len(k) for k in metrics)
+    lines = [f"{'metric':<{width}}  {'samples':>10}  {'real floor':>10}"]
+    for key, value in metrics.items():
+        other = f"{floor[key]:>10.4g}" if key in floor else f"{'':>10}"
+        lines.append(f"{key:<{width}}  {value:>10.4g}  {other}")
+    info = result.get("floor_info")
+    if info:
+        lines.append(f"real floor: {info['num_images']} held-out {info['source']} images "
+                     f"(indices {info['first_index']}..{info['last_index']}, after the {info['reference_images']} reference images)")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         inception_weights=args.inception_weights, classifier_weights=args.classifier_weights,
         fmnist_reference_limit=args.reference_limit, cache_dir=args.cache_dir, pr_k=args.pr_k,
         is_splits=args.is_splits, fd_method=args.fd_method, batch_size=args.batch_size, device=args.device,
+        real_floor=not args.no_floor, fd_bootstrap=args.fd_bootstrap, fd_interval=args.fd_interval,
     )
     result = run_score(config)
     print(json.dumps(result["metrics"], indent=2))
+    print(format_with_floor(result))
     print(f"written {result['path']}")
     return 0

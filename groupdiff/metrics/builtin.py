@@ -9,6 +9,12 @@ Images are fed at the classifier's own resolution (its ``arch["image_size"]``); 
 are refused rather than resized, because resizing would change the statistics being compared. The
 reference is the Fashion-MNIST test split (padded to that size exactly as the training data), cached by
 the digest of its pixels and of the classifier's weights.
+
+The **real-data floor** (:func:`fmnist_floor_images`) is a held-out real set scored exactly like
+samples: test images *after* the first ``reference_limit`` (which form the reference), as many per
+class as the generated set has, so the floor and the samples are the same size and class balance and the
+floor never contains a reference image. Its fd is what a perfect generator would score at that sample
+count (finite-sample bias included); a model's numbers are read against it.
 """
 from __future__ import annotations
 
@@ -75,3 +81,56 @@ def fmnist_reference(
     """Reference statistics of the built-in data in ``space`` (cached, see the module docstring)."""
     images, _ = fmnist_reference_images(image_size, split, limit)
     return reference_from_images(images, space, cache_dir)  # cache key: digest of the reference pixels
+
+
+def classifier_record(weights: str | Path) -> dict:
+    """What a score reports about the classifier defining the space: its test accuracy (``eval_accuracy``
+    measured after training, on ``eval_images`` Fashion-MNIST test images), training size and time, digest."""
+    from ..encoders.classifier import load_classifier
+
+    _, extra = load_classifier(weights)
+    keys = ("eval_accuracy", "eval_images", "train_images", "train_seconds", "threads")
+    return {"test_accuracy": extra.get("eval_accuracy"), **{k: extra[k] for k in keys[1:] if k in extra},
+            "digest": file_digest(weights)}
+
+
+def fmnist_floor_images(
+    image_size: int, reference_limit: int, num_images: int, labels: np.ndarray | None = None, split: str = "test",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out real images for the floor, taken from the split's images ``reference_limit, reference_limit
+    + 1, ...`` (the reference is the first ``reference_limit``): with the samples' ``labels``, for each class
+    ``c`` the first ``(labels == c).sum()`` images of class ``c``; without, the first ``num_images``.
+    Returns (uint8 NHWC images, their labels, their indices in the split)."""
+    from ..data.fmnist import load_fmnist_uint8
+
+    _, all_labels = load_fmnist_uint8(split)
+    if reference_limit <= 0 or reference_limit >= len(all_labels):
+        raise ValueError(
+            f"reference_limit={reference_limit}: the reference takes the whole {split} split "
+            f"({len(all_labels)} images), nothing is left for the real-data floor; use a smaller reference "
+            "(--reference-limit) or switch the floor off"
+        )
+    held_out = np.arange(reference_limit, len(all_labels))
+    if labels is None:
+        if len(held_out) < num_images:
+            raise ValueError(
+                f"the real-data floor needs {num_images} held-out {split} images but only {len(held_out)} follow "
+                f"the first reference_limit={reference_limit}; use fewer samples or a smaller reference"
+            )
+        labels = all_labels[held_out[:num_images]]
+    labels = np.asarray(labels, np.int64)
+    if len(labels) != num_images:
+        raise ValueError(f"num_images={num_images} but {len(labels)} labels were given")
+    chosen = []
+    for c in np.unique(labels):
+        need = int((labels == c).sum())
+        have = held_out[all_labels[held_out] == c]
+        if len(have) < need:
+            raise ValueError(
+                f"the real-data floor needs {need} held-out {split} images of class {c} but only {len(have)} "
+                f"follow the first reference_limit={reference_limit}; use fewer samples or a smaller reference"
+            )
+        chosen.append(have[:need])
+    indices = np.sort(np.concatenate(chosen))
+    images, floor_labels = fmnist_reference_images(image_size, split)
+    return images[indices], floor_labels[indices], indices

@@ -43,7 +43,8 @@ def test_builtin_metrics_named_honestly_and_identical_sets(classifier, fmnist_im
     result = run(ScoreConfig(samples=str(samples), classifier_weights=str(classifier), fmnist_reference_limit=60,
                              cache_dir=str(tmp_path / "cache")))
     m = result["metrics"]
-    assert set(m) == {"fd_fmnist", "is_fmnist", "precision_fmnist", "recall_fmnist", "s_cross"}
+    assert set(m) == {"fd_fmnist", "fd_fmnist_ci_low", "fd_fmnist_ci_high", "is_fmnist", "precision_fmnist",
+                      "recall_fmnist", "class_agreement", "s_cross"}
     assert not any("fid" in k for k in m)
     # the samples ARE the reference (first 60 test images): distance 0, precision = recall = 1
     assert abs(m["fd_fmnist"]) < 1e-6
@@ -136,10 +137,11 @@ def test_inception_end_to_end_with_random_weights(random_inception_weights, tmp_
     samples = _write(tmp_path / "s.npz", ref.copy())
     code = main(["score", str(samples), "--space", "inception", "--reference", str(tmp_path / "ref.npz"),
                  "--inception-weights", str(random_inception_weights), "--batch-size", "6",
-                 "--fd-method", "eigh"])  # 2048-dim sqrtm costs tens of seconds on a shared CPU
+                 "--fd-method", "eigh",  # 2048-dim sqrtm costs tens of seconds on a shared CPU
+                 "--fd-bootstrap", "10"])  # each resample is a 2048 x 2048 covariance
     assert code == 0
     m = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    assert set(m) == {"fid", "sfid", "is", "precision", "recall"}
+    assert set(m) == {"fid", "fid_ci_low", "fid_ci_high", "sfid", "is", "precision", "recall"}  # no class_agreement
     assert abs(m["fid"]) < 1e-6 and abs(m["sfid"]) < 1e-6  # same images as the reference
     assert m["precision"] == 1.0 and m["recall"] == 1.0
 
