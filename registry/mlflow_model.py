@@ -53,7 +53,9 @@ def build_configs(saved: dict[str, Any], params: dict[str, Any] | None) -> tuple
         update["group_size"] = int(params["group_size"])
     if "cfg_scale" in params:
         update["cfg_scale"] = float(params["cfg_scale"])
-    if "mode" in params:
+    # MLflow fills every param the signature declares with its saved default, so a mode equal to the saved one
+    # counts as not given: a baseline model asked for a group then samples it with GroupDiff-l (below)
+    if "mode" in params and str(params["mode"]) != guidance.mode:
         update["mode"] = str(params["mode"])
     if update.get("group_size", guidance.group_size) > 1 and update.get("mode", guidance.mode) == "baseline":
         update.setdefault("mode", "groupdiff-l")  # a group needs a GroupDiff mode; -l is the paper's default

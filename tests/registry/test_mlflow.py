@@ -158,3 +158,15 @@ def test_system_metrics_are_sampled_into_the_run(client, stack_env):
     tracker.close()
     assert "system/cpu_utilization_percentage" in keys and "system/system_memory_usage_megabytes" in keys
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_baseline_model_asked_for_a_group_samples_it_with_groupdiff_l():
+    """MLflow passes the signature's default mode ('baseline' for a baseline model) with every call: asking such
+    a model for groups of 2 samples them with GroupDiff-l instead of failing validation."""
+    saved = {"sampler": SAMPLER.model_dump(), "guidance": GuidanceConfig(mode="baseline", group_size=1).model_dump()}
+    _, guidance = build_configs(saved, {"group_size": 2, "mode": "baseline", "cfg_scale": 1.5})
+    assert (guidance.mode, guidance.group_size) == ("groupdiff-l", 2)
+    _, guidance = build_configs(saved, {"group_size": 1, "mode": "baseline"})
+    assert (guidance.mode, guidance.group_size) == ("baseline", 1)
+    _, guidance = build_configs({**saved, "guidance": GUIDANCE.model_dump()}, {"mode": "groupdiff-f"})
+    assert guidance.mode == "groupdiff-f"
