@@ -56,15 +56,16 @@ def summary(result: dict, params, out: Path, seconds: float) -> str:
     lines = [
         "", "=" * 78, f"GroupDiff pipeline finished in {seconds / 60:.1f} min (measured, this machine)", "=" * 78, "",
         f"Metrics as measured ({params.num_samples} samples per model, {params.train_steps} training steps, "
-        f"sampler {params.sampler} x {params.sampling_steps} steps, cfg {params.cfg_scale}; lower fd/ higher is/precision/recall are better):",
-        "", result["table"], "", verdict(result["rows"], result["metric"]), "",
+        f"sampler {params.sampler} x {params.sampling_steps} steps, cfg {params.cfg_scale}, {params.weights} weights; "
+        "lower fd / higher is, precision, recall, class_agreement are better):",
+        "", result["table"], "", result.get("floor_note", ""), "", verdict(result["rows"], result["metric"]), "",
     ]
     if champion:
         lines.append(f"Registered model '{params.model_name}' version {champion['version']} ({champion['variant']}) "
                      "now has the alias 'champion'.")
     else:
-        lines.append(f"No version was promoted: the existing champion of '{params.model_name}' measured better "
-                     "under the same protocol.")
+        lines.append(f"No version was promoted: none beat the existing champion of '{params.model_name}' beyond its "
+                     f"{params.fd_interval:.0%} bootstrap interval of {result['metric']} under the same protocol.")
     mlflow_uri = records["mlflow_uri"]
     lines += [
         "", "Where to look:",

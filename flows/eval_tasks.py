@@ -3,7 +3,10 @@
 Samples go to ``samples/<run>/<eval>/`` (``samples.npz``, ``grid.png``, ``sample.json``), scores to
 ``samples/<run>/<eval>/scores/<digest>/metrics.json``. The evaluation protocol id is a digest of what
 makes two scores comparable (sampler, steps, seed, sample count, guidance scale, feature space and its
-reference), not of the variant: promotion compares variants under one protocol.
+reference, the bootstrap of the fd interval), not of the variant nor of the checkpoint weights (EMA or
+raw: two candidate models): promotion compares them under one protocol. Which weights were sampled is
+recorded on every run (param and tag ``groupdiff.weights``) and registered version. Scores carry the
+real-data floor (MLflow metrics ``floor.<name>``) and the classifier's test accuracy.
 """
 from __future__ import annotations
 
@@ -27,17 +30,22 @@ def inference_overrides(config: GroupDiffConfig) -> list[str]:
 
 
 def protocol_id(config: GroupDiffConfig, num_samples: int, classifier_digest: str, reference_limit: int,
-                metric: str) -> str:
-    """Evaluation protocol: what must be equal for two scores to be compared."""
+                metric: str, fd_bootstrap: int, fd_interval: float) -> str:
+    """Evaluation protocol: what must be equal for two scores (and their intervals) to be compared."""
     return "proto-" + stage_digest("protocol", sampler=config.sampler.model_dump(), num_samples=num_samples,
                                    cfg_scale=config.guidance.cfg_scale, classifier=classifier_digest,
-                                   reference_limit=reference_limit, metric=metric)
+                                   reference_limit=reference_limit, metric=metric, fd_bootstrap=fd_bootstrap,
+                                   fd_interval=fd_interval)
+
+
+WEIGHTS_TAG = "groupdiff.weights"
 
 
 @task(**task_options("sample"))
 def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, checkpoint: dict, num_samples: int,
-                parent_run_id: str | None, threads: int = 0, batch_images: int = 200) -> dict:
-    """Generate ``num_samples`` class-balanced images from ``checkpoint`` with ``config``'s sampler/guidance."""
+                parent_run_id: str | None, threads: int, batch_images: int, weights: str) -> dict:
+    """Generate ``num_samples`` class-balanced images from ``checkpoint``'s ``weights`` ('ema' or 'raw') with
+    ``config``'s sampler/guidance; the weights are recorded (MLflow param and tag, sample.json, manifest)."""
     from registry.layout import samples_key
 
     rec = Records(records)
@@ -52,13 +60,16 @@ def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, ch
 
         if threads:
             torch.set_num_threads(threads)
-        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config))
+        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config),
+                                           weights=weights)
         stage = SampleStageConfig(out_dir=str(folder / "stage"), num_samples=num_samples,
                                   batch_groups=max(1, batch_images // cfg.guidance.group_size),
                                   cfg_scales=[config.guidance.cfg_scale], grid_groups=4,
-                                  attention_score=cfg.guidance.group_size > 1)
-        params = {"sampler": cfg.sampler.model_dump(), "guidance": cfg.guidance.model_dump(), "num_samples": num_samples}
+                                  attention_score=cfg.guidance.group_size > 1, weights=weights)
+        params = {"sampler": cfg.sampler.model_dump(), "guidance": cfg.guidance.model_dump(), "num_samples": num_samples,
+                  "weights": weights}
         with stage_run(rec, parent_run_id, f"sample-{checkpoint['variant']}", params) as run_id:
+            rec.mlflow.set_tag(run_id, WEIGHTS_TAG, weights)
             result = run_stage(stage, cfg, model, progress=False)
             scale = config.guidance.cfg_scale
             npz, grid = Path(result.npz[scale]), result.grids.get(scale)
@@ -71,7 +82,7 @@ def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, ch
             if s_cross is not None and s_cross == s_cross:
                 rec.mlflow.log_batch(run_id, metrics=_metrics({"s_cross": s_cross}))
             done = {"digest": digest, "run": checkpoint["run"], "variant": checkpoint["variant"], "mlflow_run_id": run_id,
-                    "cfg_scale": scale, "num_samples": num_samples}
+                    "cfg_scale": scale, "num_samples": num_samples, "weights": weights}
             for name in ("samples.npz", "sample.json", "grid.png"):
                 if (folder / name).is_file():
                     rec.store.put_file(f"{prefix}/{name}", folder / name)
@@ -106,10 +117,17 @@ def publish_manifest(rec: Records, prefix: str, folder: Path, manifest: dict) ->
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
 
 
+def floor_metrics(floor: dict[str, float]) -> dict[str, float]:
+    """The real-data floor's metrics under MLflow names ``floor.<name>``."""
+    return {f"floor.{k}": float(v) for k, v in floor.items() if v == v}
+
+
 @task(**task_options("score"))
 def score_task(records: RecordsConfig, digest: str, samples: dict, classifier: dict, reference_limit: int,
-               parent_run_id: str | None) -> dict:
-    """Score the samples in the built-in feature space (``fd_fmnist``, ``is_fmnist``, precision, recall)."""
+               parent_run_id: str | None, fd_bootstrap: int, fd_interval: float) -> dict:
+    """Score the samples in the built-in feature space (``fd_fmnist`` with its bootstrap interval,
+    ``is_fmnist``, precision, recall, ``class_agreement``, the classifier's test accuracy) beside the
+    real-data floor (held-out test images after the reference, as many as samples)."""
     from groupdiff.metrics.score import ScoreConfig
     from groupdiff.metrics.score import run as run_score
 
@@ -117,19 +135,27 @@ def score_task(records: RecordsConfig, digest: str, samples: dict, classifier: d
     prefix = f"{samples['key'].rsplit('/', 1)[0]}/scores/{digest}"
     folder = rec.work("scores", digest)
     if (done := already_published(rec, prefix)) is None:
-        with stage_run(rec, parent_run_id, f"score-{samples['variant']}", {"reference_limit": reference_limit}) as run_id:
+        weights = samples.get("weights")
+        params = {"reference_limit": reference_limit, "fd_bootstrap": fd_bootstrap, "fd_interval": fd_interval,
+                  "weights": weights}
+        with stage_run(rec, parent_run_id, f"score-{samples['variant']}", params) as run_id:
+            rec.mlflow.set_tag(run_id, WEIGHTS_TAG, str(weights))
             result = run_score(ScoreConfig(samples=samples["path"], out=str(folder / "metrics.json"), spaces=["fmnist"],
                                            classifier_weights=classifier["path"], fmnist_reference_limit=reference_limit,
-                                           cache_dir=str(rec.work("reference-cache"))))
+                                           cache_dir=str(rec.work("reference-cache")), fd_bootstrap=fd_bootstrap,
+                                           fd_interval=fd_interval))
             metrics = {k: float(v) for k, v in result["metrics"].items() if v == v}
-            rec.mlflow.log_batch(run_id, metrics=_metrics(metrics))
-            done = {"digest": digest, "metrics": metrics, "mlflow_run_id": run_id, "variant": samples["variant"]}
+            floor = {k: float(v) for k, v in result["floor"].items() if v == v}
+            rec.mlflow.log_batch(run_id, metrics=_metrics({**metrics, **floor_metrics(floor)}))
+            done = {"digest": digest, "metrics": metrics, "floor": floor, "floor_info": result.get("floor_info"),
+                    "classifier": result.get("classifier"), "mlflow_run_id": run_id, "variant": samples["variant"],
+                    "weights": weights}
             rec.store.put_file(f"{prefix}/metrics.json", folder / "metrics.json")
             publish_manifest(rec, prefix, folder, done)
     else:
         if not (folder / "metrics.json").is_file():
             rec.store.get_file(f"{prefix}/metrics.json", folder / "metrics.json")
-    get_run_logger().info("%s: %s", samples["variant"], done["metrics"])
+    get_run_logger().info("%s: %s; real-data floor: %s", samples["variant"], done["metrics"], done.get("floor"))
     return {**done, "uri": rec.store.uri(f"{prefix}/metrics.json"), "path": str(folder / "metrics.json")}
 
 
@@ -149,8 +175,13 @@ def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, 
 
     rec = Records(records)
     value = score["metrics"][metric]
-    with stage_run(rec, parent_run_id, f"register-{checkpoint['variant']}", {"protocol": protocol, metric: value}) as run_id:
-        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config))
+    low, high = score["metrics"].get(f"{metric}_ci_low"), score["metrics"].get(f"{metric}_ci_high")
+    interval = (low, high) if low is not None and high is not None else None
+    weights = samples["weights"]
+    with stage_run(rec, parent_run_id, f"register-{checkpoint['variant']}",
+                   {"protocol": protocol, metric: value, "weights": weights}) as run_id:
+        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config),
+                                           weights=weights)
         mlflow.set_tracking_uri(rec.config.mlflow_uri)
         with mlflow.start_run(run_id=run_id):
             info = log_groupdiff_model(model, cfg.model, cfg.sampler, cfg.guidance, registered_model_name=model_name)
@@ -162,12 +193,21 @@ def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, 
         client.set_model_version_tag(model_name, version, "groupdiff.checkpoint_digest", checkpoint["digest"])
         client.set_model_version_tag(model_name, version, "groupdiff.variant", checkpoint["variant"])
         client.set_model_version_tag(model_name, version, "groupdiff.samples", samples["uri"])
-        decision = promote_if_better(client, model_name, version, value, protocol, metric=metric, lower_is_better=True)
+        client.set_model_version_tag(model_name, version, WEIGHTS_TAG, weights)
+        decision = promote_if_better(client, model_name, version, value, protocol, metric=metric, lower_is_better=True,
+                                     interval=interval)
+        client.set_tag(run_id, WEIGHTS_TAG, weights)
         client.set_tag(run_id, "promotion.decision", decision.decision)
+        client.set_tag(run_id, "promotion.reason", decision.reason)
+        client.set_tag(run_id, "promotion.candidate_interval", repr(list(interval)) if interval else "")
+        client.set_tag(run_id, "promotion.champion_interval",
+                       repr(list(decision.champion_interval)) if decision.champion_interval else "")
     with rec.catalogue.begin() as session:
         ckpt = session.scalar(select(Checkpoint).where(Checkpoint.digest == checkpoint["digest"]))
         evaluation = record_evaluation(session, ckpt, protocol, metric, value, score["digest"], samples["uri"],
                                        {"metrics": score["metrics"]})
         record_model_version(session, model_name, int(version), checkpoint["uri"], ckpt, evaluation, run_id)
     return {"digest": digest, "version": version, "decision": decision.decision, "reason": decision.reason,
-            "mlflow_run_id": run_id, "variant": checkpoint["variant"], "metric": metric, "value": value}
+            "mlflow_run_id": run_id, "variant": checkpoint["variant"], "metric": metric, "value": value,
+            "interval": list(interval) if interval else None,
+            "champion_interval": list(decision.champion_interval) if decision.champion_interval else None}

@@ -94,39 +94,48 @@ def evaluate_model(params: EvaluateParams = EvaluateParams(), records: RecordsCo
     the scores are logged to MLflow, tagged on the version and shown as a Prefect artifact."""
     from groupdiff.config import GroupDiffConfig, apply_overrides
 
-    from .common import stage_digest, stage_run
-    from .data_tasks import classifier_task, data_digests
-    from .eval_tasks import protocol_id, sample_task, score_task
-    from .pipeline import sample_digest
+    from .common import stage_run
+    from .data_tasks import _metrics, classifier_task, data_digests
+    from .eval_tasks import WEIGHTS_TAG, floor_metrics, protocol_id, sample_task, score_task
+    from .pipeline import floor_note, sample_digest, score_digest
 
     records = (records or RecordsConfig.from_env()).resolved()
     rec = Records(records)
     mv = resolve_version(rec, params.model_name, params.version)
     folder, tags = fetch_version_checkpoint(rec, mv)
     stored = json.loads((folder / "config.json").read_text())
+    weights = params.weights or tags.get(WEIGHTS_TAG) or "ema"
     config = GroupDiffConfig.model_validate(apply_overrides(stored, {
         "sampler.method": params.sampler, "sampler.num_steps": params.sampling_steps, "sampler.seed": params.seed,
-        "guidance.cfg_scale": params.cfg_scale, "embed.classifier.train_limit": params.classifier_train_limit,
-        "embed.classifier.epochs": params.classifier_epochs}))
+        "guidance.cfg_scale": params.cfg_scale, **params.classifier_overrides()}))
     groups = 10 * config.guidance.group_size
     if params.num_samples % groups:
         raise ValueError(f"num_samples={params.num_samples} must be a multiple of 10 x group size "
                          f"{config.guidance.group_size} = {groups}")
-    with stage_run(rec, None, f"evaluate-{params.model_name}-v{mv.version}", params.model_dump()) as run_id:
+    with stage_run(rec, None, f"evaluate-{params.model_name}-v{mv.version}", {**params.model_dump(), "weights": weights}) as run_id:
+        rec.mlflow.set_tag(run_id, WEIGHTS_TAG, weights)
         clf_digest = data_digests(config, "unused")["classifier"]
         classifier = classifier_task(config, records, clf_digest, run_id)
         checkpoint = {"run": tags["groupdiff.checkpoint_run"], "step": int(tags["groupdiff.checkpoint_step"]),
                       "digest": tags["groupdiff.checkpoint_digest"], "variant": tags.get("groupdiff.variant", ""),
                       "path": str(folder), "uri": tags.get("groupdiff.checkpoint", "")}
-        sdig = sample_digest(config, checkpoint["digest"], params.num_samples, params.sample_batch_images)
-        samples = sample_task(config, records, sdig, checkpoint, params.num_samples, run_id,
-                              batch_images=params.sample_batch_images)
-        cdig = stage_digest("score", samples=sdig, classifier=clf_digest, reference=params.reference_limit)
-        score = score_task(records, cdig, samples, classifier, params.reference_limit, run_id)
-        protocol = protocol_id(config, params.num_samples, clf_digest, params.reference_limit, "fd_fmnist")
-        for key, value in score["metrics"].items():
+        sdig = sample_digest(config, checkpoint["digest"], params.num_samples, params.sample_batch_images, weights)
+        samples = sample_task(config, records, sdig, checkpoint, params.num_samples, run_id, 0,
+                              params.sample_batch_images, weights)
+        score = score_task(records, score_digest(sdig, clf_digest, params), samples, classifier, params.reference_limit,
+                           run_id, params.fd_bootstrap, params.fd_interval)
+        protocol = protocol_id(config, params.num_samples, clf_digest, params.reference_limit, "fd_fmnist",
+                               params.fd_bootstrap, params.fd_interval)
+        floor = score.get("floor") or {}
+        rec.mlflow.log_batch(run_id, metrics=_metrics({**score["metrics"], **floor_metrics(floor)}))
+        for key, value in {**score["metrics"], **floor_metrics(floor)}.items():
             rec.mlflow.set_model_version_tag(params.model_name, mv.version, f"evaluate.{protocol}.{key}", repr(value))
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in score["metrics"].items())
-    create_markdown_artifact(f"# {params.model_name} v{mv.version} ({checkpoint['variant']})\n\nProtocol `{protocol}`\n\n"
-                             f"| metric | value |\n|---|---|\n{rows}\n", key="evaluate-model")
-    return {"version": str(mv.version), "protocol": protocol, "metrics": score["metrics"], "samples": samples["uri"]}
+        rec.mlflow.set_model_version_tag(params.model_name, mv.version, f"evaluate.{protocol}.weights", weights)
+    rows = "\n".join(f"| {k} | {v:.4g} | {floor[k]:.4g} |" if k in floor else f"| {k} | {v:.4g} | |"
+                     for k, v in score["metrics"].items())
+    note = floor_note([{"score": score}], params)
+    create_markdown_artifact(f"# {params.model_name} v{mv.version} ({checkpoint['variant']}, {weights} weights)\n\n"
+                             f"Protocol `{protocol}`\n\n{note}\n\n"
+                             f"| metric | model | real-data floor |\n|---|---|---|\n{rows}\n", key="evaluate-model")
+    return {"version": str(mv.version), "protocol": protocol, "metrics": score["metrics"], "floor": floor,
+            "weights": weights, "samples": samples["uri"]}

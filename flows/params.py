@@ -13,6 +13,11 @@ from pydantic import Field, model_validator
 
 from groupdiff.config import GroupDiffConfig, load_preset
 from groupdiff.config_base import Section
+from groupdiff.metrics.score import ScoreConfig
+from groupdiff.weights import DEFAULT_WEIGHTS, WEIGHTS_DESCRIPTION, Weights
+
+SCORE_FIELDS = ScoreConfig.model_fields  # the score stage's defaults are the protocol's defaults
+FMNIST_TEST_IMAGES = 10_000  # the built-in test split: reference + real-data floor come from it
 
 Variant = Literal["baseline", "groupdiff-l", "groupdiff-f"]
 Encoder = Literal["pixels", "classifier", "clip", "dinov2"]
@@ -29,9 +34,33 @@ class EvalProtocolParams(Section):
     sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups; the same in every evaluation, for identical noise).")
     cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale used for evaluation (1 = none).")
     num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images per evaluation (a multiple of 10 x group_size).")
-    reference_limit: int = Field(2000, ge=0, le=10_000_000, description="Reference test images for fd_fmnist (0 = all 10k).")
-    classifier_train_limit: int = Field(6000, ge=0, le=10_000_000, description="Images the built-in classifier (evaluation features) trains on (0 = all).")
-    classifier_epochs: int = Field(1, ge=1, le=1000, description="Epochs of the built-in classifier.")
+    reference_limit: int = Field(2000, ge=1, le=FMNIST_TEST_IMAGES - 1, description="Reference test images for fd_fmnist (the first N "
+                                 "of the 10k); the real-data floor takes num_samples held-out test images after them.")
+    classifier_train_limit: int | None = Field(None, ge=0, le=10_000_000, description="Images the built-in classifier "
+                                               "(evaluation features) trains on (0 = all; empty = the preset's "
+                                               "embed.classifier.train_limit).")
+    classifier_epochs: int | None = Field(None, ge=1, le=1000, description="Epochs of the built-in classifier (empty = "
+                                          "the preset's embed.classifier.epochs).")
+    fd_bootstrap: int = Field(SCORE_FIELDS["fd_bootstrap"].default, ge=0, le=100_000,
+                              description="Resamples of the generated set for the fd interval the registry gate uses (0 = none: plain comparison).")
+    fd_interval: float = Field(SCORE_FIELDS["fd_interval"].default, gt=0.0, lt=1.0,
+                               description="Coverage of the bootstrap fd interval; a challenger must beat the champion beyond it.")
+    weights: Weights = Field(DEFAULT_WEIGHTS, description=WEIGHTS_DESCRIPTION + " Sampled, scored and registered.")
+
+    @model_validator(mode="after")
+    def _check_floor_room(self) -> "EvalProtocolParams":
+        if self.reference_limit + self.num_samples > FMNIST_TEST_IMAGES:
+            raise ValueError(
+                f"reference_limit={self.reference_limit} + num_samples={self.num_samples} exceeds the "
+                f"{FMNIST_TEST_IMAGES} test images: the real-data floor needs num_samples held-out images after the reference"
+            )
+        return self
+
+    def classifier_overrides(self) -> dict[str, int]:
+        """``embed.classifier.*`` settings given here (None fields leave the preset's values)."""
+        given = {"embed.classifier.train_limit": self.classifier_train_limit,
+                 "embed.classifier.epochs": self.classifier_epochs}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 class PipelineParams(EvalProtocolParams):
@@ -86,8 +115,7 @@ class PipelineParams(EvalProtocolParams):
             "mine.mode": self.grouping_mode, "mine.tau": self.threshold, "mine.group_size": self.group_size,
             "mine.seed": self.seed, "mine.top_k": max(16, self.group_size * 4), "mine.use_gpu": "never",
             "mine.recall_sample": 0,
-            "embed.classifier.train_limit": self.classifier_train_limit,
-            "embed.classifier.epochs": self.classifier_epochs,
+            **self.classifier_overrides(),
             "train.variant": variant, "train.group_size": self.group_size, "train.steps": self.train_steps,
             "train.global_batch_images": self.batch_images, "train.seed": self.seed,
             "train.checkpoint_every": self.train_steps, "train.keep_last": 1, "train.num_threads": self.threads,
@@ -116,6 +144,8 @@ class EvaluateParams(EvalProtocolParams):
     model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name.")
     version: str = Field("champion", min_length=1, description="A version number or an alias such as 'champion'.")
     seed: int = Field(0, ge=0, description="Sampling seed.")
+    weights: Weights | None = Field(None, description=WEIGHTS_DESCRIPTION + " Empty = the weights the version was "
+                                    "registered with (its groupdiff.weights tag; 'ema' when it has none).")
 
 
 class StudyParams(Section):

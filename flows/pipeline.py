@@ -49,11 +49,18 @@ def train_digest(config: GroupDiffConfig, dataset: str, groups: str | None) -> s
                         train=config.train.model_dump(exclude=TRAIN_EXCLUDE), init=init_digest)
 
 
-def sample_digest(config: GroupDiffConfig, checkpoint: str, num_samples: int, batch_images: int) -> str:
-    """Content digest of an evaluation's samples: the checkpoint, sampler, guidance, count and batch layout
-    (the batch fixes the noise layout, so it changes the images)."""
+def sample_digest(config: GroupDiffConfig, checkpoint: str, num_samples: int, batch_images: int, weights: str) -> str:
+    """Content digest of an evaluation's samples: the checkpoint and which of its weights, sampler, guidance,
+    count and batch layout (the batch fixes the noise layout, so it changes the images)."""
     return stage_digest("sample", checkpoint=checkpoint, sampler=config.sampler.model_dump(),
-                        guidance=config.guidance.model_dump(), num_samples=num_samples, batch_images=batch_images)
+                        guidance=config.guidance.model_dump(), num_samples=num_samples, batch_images=batch_images,
+                        weights=weights)
+
+
+def score_digest(samples: str, classifier: str, params) -> str:
+    """Content digest of a score: the samples, the classifier, the reference and the fd bootstrap."""
+    return stage_digest("score", samples=samples, classifier=classifier, reference=params.reference_limit,
+                        fd_bootstrap=params.fd_bootstrap, fd_interval=params.fd_interval)
 
 
 def _mlflow_link(rec: Records, run_id: str) -> str:
@@ -64,24 +71,47 @@ def _mlflow_link(rec: Records, run_id: str) -> str:
 
 
 def metrics_table(rows: list[dict], metric: str) -> str:
-    """Markdown table of the evaluations (one row per variant), best ``metric`` first."""
+    """Markdown table of the evaluations (one row per variant, best ``metric`` first), then the real-data
+    floor (held-out real images, as many as samples, scored the same way) of the first row that has one."""
     keys = sorted({k for r in rows for k in r["metrics"]})
-    lines = ["| variant | " + " | ".join(keys) + " | model version | decision |",
-             "|---|" + "---|" * (len(keys) + 2)]
+    lines = ["| variant | weights | " + " | ".join(keys) + " | model version | decision |",
+             "|---|---|" + "---|" * (len(keys) + 2)]
     for r in sorted(rows, key=lambda r: r["metrics"].get(metric, float("inf"))):
         values = " | ".join(f"{r['metrics'][k]:.4g}" if k in r["metrics"] else "" for k in keys)
-        lines.append(f"| {r['variant']} | {values} | {r.get('version', '')} | {r.get('decision', '')} |")
+        lines.append(f"| {r['variant']} | {r.get('weights', '')} | {values} | {r.get('version', '')} | {r.get('decision', '')} |")
+    floor = next((r["floor"] for r in rows if r.get("floor")), None)
+    if floor:
+        values = " | ".join(f"{floor[k]:.4g}" if k in floor else "" for k in keys)
+        lines.append(f"| real-data floor | real | {values} | | |")
     return "\n".join(lines)
 
 
 def _report(rec: Records, params: PipelineParams, rows: list[dict], parent_run_id: str, protocol: str) -> str:
     lines = [f"# GroupDiff pipeline ({params.preset})", "", f"Evaluation protocol `{protocol}`, metric "
-             f"`{params.metric}` (lower is better), {params.num_samples} samples, {params.train_steps} training steps.",
+             f"`{params.metric}` (lower is better), {params.num_samples} samples from the `{params.weights}` weights, "
+             f"{params.train_steps} training steps; promotion needs {params.metric} beyond the champion's "
+             f"{params.fd_interval:.0%} bootstrap interval ({params.fd_bootstrap} resamples).",
+             "", floor_note(rows, params),
              "", metrics_table(rows, params.metric), "", f"MLflow pipeline run: {_mlflow_link(rec, parent_run_id)}", ""]
     for r in rows:
         link = rec.store.presigned_url(r["grid_key"]) if r.get("grid_key") else "(no grid)"
         lines.append(f"- {r['variant']}: MLflow run {_mlflow_link(rec, r['train_run_id'])}, sample grid [{r['variant']}]({link})")
     return "\n".join(lines)
+
+
+def floor_note(rows: list[dict], params) -> str:
+    """One line: where the real-data floor's images came from, and the classifier's test accuracy."""
+    info = next((r["score"].get("floor_info") for r in rows if r["score"].get("floor_info")), None)
+    clf = next((r["score"].get("classifier") for r in rows if r["score"].get("classifier")), None) or {}
+    parts = []
+    if info:
+        parts.append(f"Real-data floor: {info['num_images']} held-out Fashion-MNIST test images "
+                     f"(indices {info['first_index']}..{info['last_index']}), disjoint from the "
+                     f"{info['reference_images']} reference images, scored like the samples.")
+    if clf.get("test_accuracy") is not None:
+        parts.append(f"The fd_fmnist classifier's test accuracy: {clf['test_accuracy']:.4f} "
+                     f"on {clf.get('eval_images', '?')} test images.")
+    return " ".join(parts)
 
 
 @flow(name="groupdiff-pipeline", on_cancellation=[kill_training_hook], on_crashed=[kill_training_hook],
@@ -122,21 +152,24 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
             groups = mine_task(base, records, digests["mine"], embeddings, parent_id)
         advance(2)
         rows = []
-        protocol = protocol_id(base, params.num_samples, digests["classifier"], params.reference_limit, params.metric)
+        protocol = protocol_id(base, params.num_samples, digests["classifier"], params.reference_limit, params.metric,
+                               params.fd_bootstrap, params.fd_interval)
         for variant, config in configs.items():
             tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
             checkpoint = train_task(config, records, tdig, dataset, groups if variant != "baseline" else None,
                                     parent_id, params.world_size)
             advance()
-            sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images)
+            sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images, params.weights)
             samples = sample_task(config, records, sdig, checkpoint, params.num_samples, parent_id, params.threads,
-                                  params.sample_batch_images)
+                                  params.sample_batch_images, params.weights)
             advance()
-            cdig = stage_digest("score", samples=sdig, classifier=digests["classifier"], reference=params.reference_limit)
-            score = score_task(records, cdig, samples, classifier, params.reference_limit, parent_id)
+            cdig = score_digest(sdig, digests["classifier"], params)
+            score = score_task(records, cdig, samples, classifier, params.reference_limit, parent_id,
+                               params.fd_bootstrap, params.fd_interval)
             advance()
             rows.append({"variant": variant, "config": config, "checkpoint": checkpoint, "samples": samples,
-                         "score": score, "metrics": score["metrics"], "grid_key": samples.get("grid_key"),
+                         "score": score, "metrics": score["metrics"], "floor": score.get("floor"),
+                         "weights": params.weights, "grid_key": samples.get("grid_key"),
                          "train_run_id": checkpoint["mlflow_run_id"]})
         if params.register_models:  # only after every evaluation succeeded: a failing stage leaves the registry untouched
             for row in sorted(rows, key=lambda r: r["metrics"][params.metric]):
@@ -144,20 +177,25 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
                                     model=params.model_name, mlflow=rec.config.mlflow_uri, protocol=protocol)
                 reg = register_task(row["config"], records, rdig, row["checkpoint"], row["samples"], row["score"],
                                     protocol, params.metric, params.model_name, parent_id)
-                row.update(version=reg["version"], decision=reg["decision"])
+                row.update(version=reg["version"], decision=reg["decision"], reason=reg["reason"])
                 advance()
         report = _report(rec, params, rows, parent_id, protocol)
         create_markdown_artifact(report, key="pipeline-summary", description="Metrics, MLflow runs and sample grids")
         rec.mlflow.log_text(parent_id, report, "summary.md")
         for row in rows:
             rec.mlflow.log_metric(parent_id, f"{row['variant']}.{params.metric}", row["metrics"][params.metric])
+        floor = next((r["floor"] for r in rows if r.get("floor")), {})
+        for key, value in floor.items():
+            rec.mlflow.log_metric(parent_id, f"floor.{key}", value)
+        rec.mlflow.set_tag(parent_id, "groupdiff.weights", params.weights)
     except BaseException:
         rec.mlflow.set_terminated(parent_id, "FAILED")
         raise
     rec.mlflow.set_terminated(parent_id, "FINISHED")
     log.info("\n%s", metrics_table(rows, params.metric))
-    out_rows = [{k: r[k] for k in ("variant", "metrics", "train_run_id")} | {
-        "version": r.get("version"), "decision": r.get("decision"), "checkpoint": r["checkpoint"]["uri"],
+    out_rows = [{k: r[k] for k in ("variant", "metrics", "floor", "weights", "train_run_id")} | {
+        "version": r.get("version"), "decision": r.get("decision"), "reason": r.get("reason"),
+        "checkpoint": r["checkpoint"]["uri"],
         "samples": r["samples"]["uri"], "grid_key": r.get("grid_key"), "score_json": r["score"]["path"]} for r in rows]
     return {"rows": out_rows, "protocol": protocol, "mlflow_run_id": parent_id, "records": records.model_dump(),
-            "metric": params.metric, "table": metrics_table(rows, params.metric)}
+            "metric": params.metric, "table": metrics_table(rows, params.metric), "floor_note": floor_note(rows, params)}

@@ -75,13 +75,17 @@ def study(params: StudyParams = StudyParams(), records: RecordsConfig | None = N
         arm = p.variants[0] if p.variants == ["baseline"] else f"{p.variants[0]} N={p.group_size} {p.grouping_mode}"
         for row in result["rows"]:
             rows.append({"arm": arm, "cfg_scale": p.cfg_scale, "group_size": p.group_size, "metrics": row["metrics"],
-                         "score_json": row.get("score_json")})
+                         "floor": row.get("floor") or {}, "score_json": row.get("score_json")})
     out = rec.work("study", Path(records.out).name)
     report = build_report([r["score_json"] for r in rows if r.get("score_json")], out / "report", "GroupDiff study")
     plot = plot_metric_vs_cfg(rows, metric, out / "report" / f"{metric}_vs_cfg.png")
-    lines = ["| arm | cfg | " + metric + " | s_cross |", "|---|---|---|---|"]
+    nan = float("nan")
+    lines = [f"| arm | cfg | {metric} | {metric} real-data floor | class_agreement | floor class_agreement | s_cross |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["arm"], r["cfg_scale"])):
-        lines.append(f"| {r['arm']} | {r['cfg_scale']:g} | {r['metrics'][metric]:.4g} | {r['metrics'].get('s_cross', float('nan')):.3g} |")
+        m, f = r["metrics"], r["floor"]
+        lines.append(f"| {r['arm']} | {r['cfg_scale']:g} | {m[metric]:.4g} | {f.get(metric, nan):.4g} | "
+                     f"{m.get('class_agreement', nan):.3g} | {f.get('class_agreement', nan):.3g} | {m.get('s_cross', nan):.3g} |")
     best = min(rows, key=lambda r: r["metrics"][metric])
     table = "\n".join(lines)
     text = f"# GroupDiff study\n\n{table}\n\nBest: {best['arm']} at cfg {best['cfg_scale']:g} ({metric} {best['metrics'][metric]:.4g}).\n"

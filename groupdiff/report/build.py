@@ -3,7 +3,9 @@
 Input: metrics JSON files written by ``groupdiff score`` (given explicitly, or every ``metrics*.json``
 under a folder). Output folder: ``report.md``, ``metric_vs_group_size.png``,
 ``s_cross_vs_<metric>.png`` (with the Pearson correlation over evaluations) and copies of the sample
-grids (``grid_<i>.png``), so the folder is self-contained.
+grids (``grid_<i>.png``), so the folder is self-contained. An evaluation scored with the real-data
+floor (``floor`` in its JSON) gets a ``floor`` row right below it: the same metrics of held-out real
+images, as many as samples, so every number is read beside what real data scores.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ from pathlib import Path
 
 from .plots import plot_metric_vs_group_size, plot_s_cross_vs_metric
 
-METRIC_ORDER = ("fid", "sfid", "is", "precision", "recall", "fd_fmnist", "is_fmnist", "precision_fmnist",
-                "recall_fmnist", "s_cross")
-CONTEXT_COLUMNS = ("mode", "group_size", "cfg_scale", "sampler", "num_steps")
+METRIC_ORDER = ("fid", "fid_ci_low", "fid_ci_high", "sfid", "is", "precision", "recall", "fd_fmnist",
+                "fd_fmnist_ci_low", "fd_fmnist_ci_high", "class_agreement", "is_fmnist", "precision_fmnist",
+                "recall_fmnist", "s_cross", "classifier_test_accuracy")
+CONTEXT_COLUMNS = ("mode", "group_size", "cfg_scale", "sampler", "num_steps", "weights")
 
 
 def collect_evaluations(inputs: list[str | Path]) -> list[dict]:
@@ -75,6 +78,12 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str = "Gr
         ctx = [_fmt(row["context"].get(c)) for c in CONTEXT_COLUMNS]
         vals = [_fmt(row["metrics"].get(m)) for m in metrics]
         lines.append(f"| {i} | " + " | ".join(ctx) + f" | {row.get('num_samples', '-')} | " + " | ".join(vals) + " |")
+        floor = row.get("floor")
+        if floor:
+            info = row.get("floor_info") or {}
+            ctx = ["real-data floor"] + ["-"] * (len(CONTEXT_COLUMNS) - 1)
+            vals = [_fmt(floor.get(m)) for m in metrics]
+            lines.append(f"| {i} floor | " + " | ".join(ctx) + f" | {info.get('num_images', '-')} | " + " | ".join(vals) + " |")
     primary = primary_metric(rows)
     if primary:
         lines += ["", "## Plots", ""]

@@ -33,6 +33,9 @@ def test_evaluate_and_retrain_from_champion(tmp_path):
             records=records)
         assert evaluated["version"] == v1["version"] and evaluated["protocol"] == first["protocol"]
         assert evaluated["metrics"]["fd_fmnist"] == pytest.approx(v1["metrics"]["fd_fmnist"])
+        # the weights the version was registered with, and the same real-data floor beside the score
+        assert evaluated["weights"] == v1["weights"] == "ema"
+        assert evaluated["floor"]["fd_fmnist"] == pytest.approx(v1["floor"]["fd_fmnist"])
         # retrain-nightly: fine-tune the champion, same protocol, promote only if better
         nightly = retrain_nightly(params=params, records=records)
     assert nightly["previous_champion"] == v1["version"]
@@ -41,8 +44,12 @@ def test_evaluate_and_retrain_from_champion(tmp_path):
     new = rec.mlflow.get_model_version("gd-nightly", row["version"])
     assert new.tags["promotion.champion_version"] == v1["version"]
     assert new.tags["promotion.protocol_id"] == first["protocol"] == nightly["protocol"]
-    better = row["metrics"]["fd_fmnist"] < v1["metrics"]["fd_fmnist"]
+    # the gate: better only beyond the champion's bootstrap interval (recorded on the version)
+    better = row["metrics"]["fd_fmnist"] < v1["metrics"]["fd_fmnist_ci_low"]
     assert row["decision"] == ("promoted" if better else "rejected")
+    assert new.tags["promotion.champion_interval"] == repr([v1["metrics"]["fd_fmnist_ci_low"],
+                                                            v1["metrics"]["fd_fmnist_ci_high"]])
+    assert new.tags["groupdiff.weights"] == "ema"
     champion = version_by_alias(rec.mlflow, "gd-nightly", CHAMPION)
     assert str(champion.version) == (row["version"] if better else v1["version"])
     # catalogue lineage: the fine-tuned checkpoint's parent is the champion's checkpoint

@@ -48,8 +48,9 @@ def test_train_digest_ignores_guidance_but_not_training_settings():
     assert train_digest(cfg, "d", "g") != train_digest(cfg, "d", "g2")
     baseline = base.config("baseline")
     assert train_digest(baseline, "d", "g") == train_digest(baseline, "d", "g2")  # baseline does not use groups
-    assert sample_digest(cfg, "t", 400, 200) != sample_digest(other_cfg, "t", 400, 200)
-    assert sample_digest(cfg, "t", 400, 200) != sample_digest(cfg, "t", 400, 100)  # batch layout fixes the noise
+    assert sample_digest(cfg, "t", 400, 200, "ema") != sample_digest(other_cfg, "t", 400, 200, "ema")
+    assert sample_digest(cfg, "t", 400, 200, "ema") != sample_digest(cfg, "t", 400, 100, "ema")  # batch layout fixes the noise
+    assert sample_digest(cfg, "t", 400, 200, "ema") != sample_digest(cfg, "t", 400, 200, "raw")  # other weights, other images
 
 
 def test_pipeline_settings_split_from_preset_overrides():
@@ -122,3 +123,30 @@ def test_deployment_parameters_render_as_a_form():
     assert schema["variants"]["items"]["enum"] == ["baseline", "groupdiff-l", "groupdiff-f"]
     assert (schema["group_size"]["minimum"], schema["group_size"]["maximum"]) == (2, 16)
     assert (schema["threshold"]["minimum"], schema["threshold"]["maximum"]) == (-1.0, 1.0)
+
+
+def test_protocol_params_leave_room_for_the_floor_and_default_to_the_preset_classifier():
+    with pytest.raises(ValidationError, match="reference_limit=9800 \\+ num_samples=400 exceeds the 10000 test images"):
+        PipelineParams(reference_limit=9800, num_samples=400)
+    params = PipelineParams()
+    assert params.classifier_overrides() == {}  # the preset's classifier (all 60k images, its epochs)
+    preset = params.config("baseline").embed.classifier
+    assert preset.train_limit == 0 and preset.epochs == type(preset)().epochs
+    assert PipelineParams(classifier_epochs=1).config("baseline").embed.classifier.epochs == 1
+    from flows.params import EvaluateParams
+
+    assert EvaluateParams().weights is None and PipelineParams().weights == "ema"
+
+
+def test_score_digest_and_protocol_follow_the_bootstrap_and_the_table_shows_the_floor():
+    from flows.eval_tasks import protocol_id
+    from flows.pipeline import metrics_table, score_digest
+
+    base, more = PipelineParams(), PipelineParams(fd_bootstrap=50)
+    assert score_digest("s", "c", base) != score_digest("s", "c", more)
+    cfg = base.config("baseline")
+    assert protocol_id(cfg, 400, "c", 2000, "fd_fmnist", 200, 0.95) != protocol_id(cfg, 400, "c", 2000, "fd_fmnist", 50, 0.95)
+    rows = [{"variant": "baseline", "weights": "ema", "metrics": {"fd_fmnist": 30.0, "class_agreement": 0.5},
+             "floor": {"fd_fmnist": 2.5, "class_agreement": 0.93}}]
+    table = metrics_table(rows, "fd_fmnist")
+    assert "| baseline | ema | 0.5 | 30 |" in table and "| real-data floor | real | 0.93 | 2.5 |" in table

@@ -55,7 +55,11 @@ def test_sample_score_report_end_to_end(tmp_path):
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(table) == 3
+    models = [line for line in table if "real-data floor" not in line]
+    floors = [line for line in table if "| real-data floor |" in line]
+    assert len(models) == 3 and len(floors) == 3  # each evaluation with its real-data floor beside it
+    assert all(" | ema | " in line for line in models)  # which checkpoint weights were sampled
+    assert all(table[2 * i + 1].startswith(f"| {i} floor |") for i in range(3))
     assert "fd_fmnist" in text and "| fid" not in text
     for name in ("metric_vs_group_size.png", "s_cross_vs_fd_fmnist.png", "grid_0.png", "grid_2.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
