@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from prefect import get_run_logger, task
 
@@ -87,8 +88,58 @@ def training_command(config_path: Path, run_dir: Path, world_size: int) -> list[
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *worker]
 
 
-def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: dict[str, str], pids: Path) -> None:
-    """Run the training subprocess to completion; kill its whole group if this call is interrupted."""
+class ProgressTail:
+    """Follows a training run's ``metrics.jsonl`` and turns each new record into one console line
+    (step, loss, images/s, it/s, ETA), so a long training is visible where the flow runs, not only in a file."""
+
+    def __init__(self, metrics_path: Path, label: str, total_steps: int, batch_images: int,
+                 echo: Callable[[str], None] = print):
+        self.path, self.label, self.total, self.batch, self.echo = metrics_path, label, total_steps, batch_images, echo
+        self.offset = 0
+        self.started = time.monotonic()
+        self.first: tuple[int, float] | None = None  # (step, time) of the first record seen: ETA excludes start-up
+
+    def poll(self) -> None:
+        """Print a line for every complete record appended since the last call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return
+        self.offset += end + 1
+        for raw in chunk[: end + 1].splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            metrics, step = record.get("metrics") or {}, record.get("step")
+            if step is None or "loss" not in metrics:
+                continue
+            self.echo(self.line(int(step), metrics))
+
+    def line(self, step: int, metrics: dict) -> str:
+        """``[train baseline] step 400/2000 (20%) loss 0.4123 | 610 img/s 9.5 it/s | ETA 2m48s``."""
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (step, now)
+        done_steps, elapsed = step - self.first[0], now - self.first[1]
+        rate = done_steps / elapsed if done_steps > 0 and elapsed > 0 else metrics.get("images_per_s", 0.0) / self.batch
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
+        return (f"[train {self.label}] step {step}/{self.total} ({100 * step / self.total:.0f}%) "
+                f"loss {metrics['loss']:.4f} | {metrics.get('images_per_s', 0.0):.0f} img/s {rate:.1f} it/s | "
+                f"ETA {eta_text}")
+
+
+def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: dict[str, str], pids: Path,
+                 echo: Callable[[str], None] | None = print) -> None:
+    """Run the training subprocess to completion; kill its whole group if this call is interrupted.
+
+    ``echo`` receives one progress line per logged training step (``None``: silent)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "launch_config.json"
     config_path.write_text(config.model_dump_json(indent=2))
@@ -101,9 +152,17 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     pid_file = pids / str(proc.pid)
     pid_file.write_text(json.dumps({"run_dir": str(run_dir)}))
+    tail = None
+    if echo is not None:
+        tail = ProgressTail(run_dir / "metrics.jsonl", config.train.variant, config.train.steps,
+                            config.train.global_batch_images, echo)
     try:
         while proc.poll() is None:
             time.sleep(POLL_S)
+            if tail is not None:
+                tail.poll()
+        if tail is not None:
+            tail.poll()
     finally:
         if proc.poll() is None:
             kill_group(proc.pid, leader=proc)
