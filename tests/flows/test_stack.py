@@ -203,3 +203,139 @@ def test_cancelling_during_training_leaves_no_training_process(stack, first_run,
             return
         time.sleep(0.5)
     raise AssertionError(f"training process group {pgid} still alive after cancellation")
+
+
+# -- restart safety (issue 18): the stack keeps every record across a restart of S3 and of the whole stack --------
+# These run last in this module: they reuse the pipeline run above (no second training) and restart the session's
+# stack on the same ports and state folder, so later modules find it as it was.
+
+def _records_survive(stack, first_run, tmp_path) -> None:
+    """The champion loads through MLflow and samples; every checkpoint and sample set the catalogue lists reads
+    back with its recorded size and sha256; the consistency check finds nothing missing or corrupt."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from sqlalchemy import select
+
+    from registry.catalogue.models import Checkpoint, Evaluation
+    from registry.consistency import CORRUPT, MISSING, UNREFERENCED, check, key_in_store
+
+    rec = Records(stack["records"])
+    assert os.environ["MLFLOW_TRACKING_URI"] == stack["env"]["MLFLOW_TRACKING_URI"]  # set by the stack fixture
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    images = model.predict(pd.DataFrame({"label": [3]}), params={"group_size": 2, "num_steps": 2})
+    assert images.shape[0] == 2 and np.isfinite(images).all()
+    with rec.catalogue() as session:
+        checkpoints = session.scalars(select(Checkpoint)).all()
+        evaluations = session.scalars(select(Evaluation)).all()
+    assert {c.uri for c in checkpoints} >= {r["checkpoint"] for r in first_run[1]["rows"]}
+    read = 0
+    for row in checkpoints:
+        keys = rec.store.list(key_in_store(rec.store, row.uri))
+        assert any(k.endswith("/model.safetensors") for k in keys), (row.uri, keys)
+        for key in keys:
+            rec.store.get_file(key, tmp_path / "object")  # raises on a size or sha256 mismatch
+            read += 1
+    for row in evaluations:
+        rec.store.get_file(key_in_store(rec.store, row.uri), tmp_path / "samples.npz")
+        with np.load(tmp_path / "samples.npz") as samples:
+            assert len(samples["arr_0"] if "arr_0" in samples else samples[samples.files[0]]) > 0
+        read += 1
+    assert read >= 2 * len(checkpoints)
+    with rec.catalogue() as session:
+        report = check(rec.store, session, rec.config.mlflow_uri)
+    assert report.of(MISSING) == [] and report.of(CORRUPT) == [] and report.exit_code == 0, report.problems
+    assert report.model_versions >= 2 and report.objects_verified >= read
+    # what no record points to: the built-in classifier's weights (the pipeline does not catalogue them) and
+    # sample sets of runs that registered nothing (the REST-triggered run above)
+    for problem in report.of(UNREFERENCED):
+        key = key_in_store(rec.store, problem.target)
+        assert key.startswith("weights/classifier/") or key.startswith("samples/"), problem
+
+
+def _model_versions(stack) -> set:
+    rec = Records(stack["records"])
+    return {(v.version, tuple(sorted(v.aliases))) for v in rec.mlflow.search_model_versions(f"name='{MODEL_NAME}'")}
+
+
+def test_records_survive_a_restart_of_the_s3_server(stack, first_run, tmp_path):
+    from infra.process import read_pid, stop
+    from infra.stack import status, up
+
+    config = stack["config"]
+    state = config.state_dir.resolve()
+    before = read_pid(state, "s3")
+    t0 = time.monotonic()
+    assert stop("s3", state, config.stop_timeout_s)
+    assert [r.healthy for r in status(config) if r.name == "s3"] == [False]
+    up(config, echo=lambda _: None)
+    assert read_pid(state, "s3") != before and all(r.healthy for r in status(config))
+    print(f"s3 restart took {time.monotonic() - t0:.1f}s")
+    _records_survive(stack, first_run, tmp_path)
+
+
+def test_records_survive_a_restart_of_the_whole_stack_and_the_deployment_is_served_from_cache(
+        stack, first_run, deployment, tmp_path):
+    from prefect.settings import get_current_settings
+
+    from infra.process import read_pid
+    from infra.stack import down, status, up
+
+    config = stack["config"]
+    versions = _model_versions(stack)
+    pids = {name: read_pid(config.state_dir.resolve(), name) for name in config.services}
+    t0 = time.monotonic()
+    assert down(config, echo=lambda _: None) == ["mlflow", "worker", "prefect", "s3", "postgres"]
+    up(config, echo=lambda _: None)
+    print(f"whole-stack restart took {time.monotonic() - t0:.1f}s")
+    rows = status(config)
+    assert all(r.healthy for r in rows) and all(r.pid != pids[r.name] for r in rows)
+    _records_survive(stack, first_run, tmp_path)
+    # the same deployment, the same parameters: every stage is served from the cache, nothing is retrained or
+    # registered again. The worker's flow run reads the cached results where the first run wrote them.
+    api, dep_id = deployment
+    out: Path = stack["out"]
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("work/train/*/train.log")}
+    assert len(logs) >= 2  # the two variants of the first run (and the cancelled run's, when that test ran)
+    storage = str(get_current_settings().results.local_storage_path)
+    created = httpx.post(f"{api}/deployments/{dep_id}/create_flow_run", json={
+        "parameters": {"params": TINY, "records": {"out": str(out)}},
+        "job_variables": {"env": {"PREFECT_LOCAL_STORAGE_PATH": storage}},
+    })
+    assert created.status_code == 201, created.text
+    run = _wait(api, created.json()["id"])
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    states = _task_states(run["id"])
+    cached = {name.rsplit("-", 1)[0] for name, s in states.items() if s == "Cached"}
+    assert STAGES <= cached, states
+    assert {p: p.stat().st_mtime_ns for p in out.glob("work/train/*/train.log")} == logs
+    assert _model_versions(stack) == versions
+
+
+def test_check_names_an_object_deleted_by_hand_and_the_rows_that_point_to_it(stack, first_run, tmp_path, capsys):
+    """Delete the champion's sample set behind the store's back (raw S3 call): ``groupdiff check`` names it,
+    the evaluation row and the model version tag pointing at it, and exits 1; restored, the check is clean."""
+    from groupdiff.cli import main
+    from registry.consistency import MISSING, check, key_in_store
+    from registry.mlflow_registry import CHAMPION, version_by_alias
+
+    rec = Records(stack["records"])
+    champion = version_by_alias(rec.mlflow, MODEL_NAME, CHAMPION)
+    uri = champion.tags["groupdiff.samples"]
+    key = key_in_store(rec.store, uri)
+    rec.store.get_file(key, tmp_path / "samples.npz")  # to put back afterwards
+    rec.store.client.remove_object(rec.store.bucket, rec.store._name(key))
+    try:
+        with rec.catalogue() as session:
+            report = check(rec.store, session, rec.config.mlflow_uri)
+        [missing] = [p for p in report.of(MISSING) if p.target == uri]
+        assert any(w.startswith("catalogue evaluations #") for w in missing.referenced_by), missing
+        assert f"mlflow model {MODEL_NAME} v{champion.version} (tag groupdiff.samples)" in missing.referenced_by
+        code = main(["check", "--store-root", rec.config.store_root, "--catalogue-url", rec.config.catalogue_url,
+                     "--mlflow-uri", rec.config.mlflow_uri, "--no-verify-data"])
+        out = capsys.readouterr().out
+        assert code == 1 and f"MISSING      {uri}" in out and "referenced by catalogue evaluations #" in out
+    finally:
+        rec.store.put_file(key, tmp_path / "samples.npz")
+    with rec.catalogue() as session:
+        assert check(rec.store, session, rec.config.mlflow_uri).exit_code == 0
