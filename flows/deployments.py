@@ -1,4 +1,4 @@
-"""The deployments: ``groupdiff-pipeline``, ``retrain-nightly`` (cron), ``evaluate-model`` and ``study``.
+"""The deployments: ``groupdiff-pipeline``, ``retrain-nightly`` (cron), ``evaluate-model``, ``study`` and ``fanout``.
 
 Two ways to run them (both documented in the README, "Running on the platform"):
 
@@ -30,6 +30,8 @@ DEPLOYMENTS = {
     "evaluate-model": ("flows.maintenance.evaluate_model",
                        "sample and score a registered model version under the pipeline's protocol", None),
     "study": ("flows.study.study", "grid of pipeline arms (N, grouping, variant, cfg sweep) with one comparison", None),
+    "fanout": ("flows.fanout.fanout",
+               "sample / embed / encode latents of a large set in shards on a Dask cluster (local or an address)", None),
 }
 
 

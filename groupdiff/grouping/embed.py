@@ -61,6 +61,13 @@ def _fit_sample(dataset, config: EmbedConfig):
     return sample
 
 
+def make_encoder(dataset, config: EmbedConfig) -> Encoder:
+    """The encoder ``config`` names on its resolved device (the pixels PCA is fitted on a seeded sample of
+    ``dataset``): what :func:`embed_dataset` builds when given none. Build it once and pass it to every call
+    that embeds shards of the same dataset (e.g. one call per shard on a worker)."""
+    return build_encoder(config, resolve_device(config.device), _fit_sample(dataset, config))
+
+
 def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, rank: int = 0, world_size: int = 1,
                   encoder: Encoder | None = None, num_workers: int = 0) -> dict:
     """Compute this rank's missing embedding shards of ``dataset`` into ``out_dir``.
@@ -70,9 +77,8 @@ def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, rank: int =
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
     if encoder is None:
-        encoder = build_encoder(config, device, _fit_sample(dataset, config))
+        encoder = make_encoder(dataset, config)
     manifest = {
         "dataset_digest": dataset.digest, "encoder": encoder.name, "encoder_digest": encoder.digest,
         "num_items": len(dataset), "shard_size": config.shard_size,

@@ -62,9 +62,25 @@ def write_samples_npz(path: str | Path, batch: SampleBatch) -> Path:
         arrays[key] = np.asarray(value)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")  # per process: ranks may race
-    np.savez(tmp, **arrays)
+    savez_reproducible(tmp, arrays)
     tmp.replace(path)
     return path
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: the same arrays give the same file bytes
+
+
+def savez_reproducible(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` (uncompressed, readable by ``np.load``) with fixed member timestamps, so equal arrays in
+    the same order give byte-identical files (``np.savez`` stamps each member with the current time)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_EPOCH)
+            info.external_attr = 0o600 << 16
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def read_samples_npz(path: str | Path) -> SampleBatch:
