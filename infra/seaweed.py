@@ -127,3 +127,14 @@ def service(folder: Path, s3_port: int, ports: SeaweedPorts, access_key: str, se
     return Service("s3", argv(folder, s3_port, ports), s3_port,
                    lambda: http_ok(f"{url}/healthz") and volumes_registered(ports), url=url,
                    extra_ports=extra, prepare=prepare)
+
+
+def remove_sockets(s3_port: int, ports: SeaweedPorts) -> list[Path]:
+    """Delete the unix sockets ``weed`` leaves in /tmp after it stopped (``/tmp/seaweedfs-<part>-<port>.sock``
+    for the gRPC servers, which have no socket option); only those named after this stack's own ports."""
+    removed = []
+    for port in (s3_port, *ports.model_dump().values()):
+        for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -298,5 +298,7 @@ def down(config: StackConfig, echo=print) -> list[str]:
         t0 = time.monotonic()
         if stop(name, state, config.stop_timeout_s, signals[name]):
             stopped.append(name)
+            if name == "s3":
+                seaweed.remove_sockets(config.s3_port, config.s3_internal_ports)
             echo(f"stopped {name} ({time.monotonic() - t0:.1f}s)")
     return stopped

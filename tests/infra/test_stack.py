@@ -26,6 +26,11 @@ def state_dir():
     path = Path(tempfile.mkdtemp(prefix="groupdiff-stack-test-"))
     path.chmod(0o755)  # PostgreSQL's user must enter it
     yield path
+    from infra.config import ALL_SERVICES  # a failed test must not leave servers behind
+    from infra.process import stop
+
+    for name in ALL_SERVICES:
+        stop(name, path, timeout_s=20)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -156,6 +161,8 @@ def test_s3_keeps_its_objects_across_a_restart_and_purge_removes_them(state_dir,
         monkeypatch.setenv(key, value)
     assert open_store(f"s3://{config.bucket}").list() == []
     down(config, echo=lambda _: None)
+    ports = (config.s3_port, *config.s3_internal_ports.model_dump().values())
+    assert [p for port in ports for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")] == []  # no litter
 
 
 def test_purge_refuses_while_a_service_runs(state_dir):
