@@ -30,6 +30,7 @@ from .launch import device_type, ensure_rendezvous_env, init_distributed
 from .optim import EMA, build_optimizer, ema_decay_at, global_grad_norm, param_groups, warmup_factor
 from .probe import build_probe_set, run_probe
 from .tracker import default_tracker
+from .universal import can_resume_universal, prepare_universal, universal_dir
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,6 +122,7 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     resume = resolve_resume(t.resume, run_dir)
     saved_state = check_resumable(resume, config) if resume is not None else None
     same_world = saved_state is not None and saved_state["world_size"] == world
+    universal = saved_state is not None and not same_world and can_resume_universal(resume, config)
 
     images, labels = data if data is not None else load_dataset(config)
     check_dataset(config, images, labels)
@@ -133,13 +135,20 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     torch.manual_seed(t.seed)
     model = build_model(config.model)
     model.y_embedder.dropout_prob = 0.0  # the trainer draws label dropout per group (data.draw_step)
-    init_report = _initial_weights(model, config, resume, same_world)
+    init_report = _initial_weights(model, config, resume, same_world or universal)
 
     init_distributed(dev_type, local_rank)  # selects DeepSpeed's accelerator before its first import
     import deepspeed
 
     bf16 = use_bf16(t, dev_type)
     ds_cfg = deepspeed_config(t, world, dev_type)
+    if universal:  # another world size: DeepSpeed's universal checkpoint (weights + AdamW moments, any world)
+        load_dir = prepare_universal(resume, TAG, rank)
+        ds_cfg["checkpoint"] = {"load_universal": True}
+        init_report.update(mode="resume-universal", note=(
+            f"resuming {resume} (saved on world_size={saved_state['world_size']}) on world_size={world} through "
+            f"DeepSpeed's universal checkpoint ({load_dir}): weights, AdamW moments, step and epoch-plan position "
+            "carry over; per-rank torch RNG states do not (training draws are keyed by step)"))
     if t.offload_optimizer:
         engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, t.weight_decay), config=ds_cfg)
     else:
@@ -150,12 +159,14 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     if resume is not None:
         from safetensors.torch import load_file
 
-        if same_world:
-            loaded, _ = engine.load_checkpoint(str(resume / "ds"), tag=TAG, load_optimizer_states=True,
+        if same_world or universal:
+            folder = resume / "ds" if same_world else universal_dir(resume)
+            loaded, _ = engine.load_checkpoint(str(folder), tag=TAG, load_optimizer_states=True,
                                                load_lr_scheduler_states=False)
             if loaded is None:
-                raise FileNotFoundError(f"DeepSpeed checkpoint missing under {resume / 'ds'} (tag {TAG!r})")
-            load_rng(resume, rank)
+                raise FileNotFoundError(f"DeepSpeed checkpoint missing under {folder} (tag {TAG!r})")
+            if same_world:
+                load_rng(resume, rank)
         else:
             init_report["note"] = (
                 f"resuming {resume} (saved on world_size={saved_state['world_size']}) on world_size={world} "

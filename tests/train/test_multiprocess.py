@@ -54,11 +54,12 @@ def test_two_ranks_see_disjoint_data_and_match_one_rank(tmp_path, tiny_config, t
             # averaging, which changes weights by ~lr.
             torch.testing.assert_close(y[key], x[key], rtol=0, atol=2e-5, msg=f"{name}:{key}")
 
-    # the 2-rank checkpoint resumes on 1 rank through the consolidated weights, with a note
+    # the 2-rank ZeRO-2 checkpoint resumes on 1 rank through DeepSpeed's universal checkpoint, with a note
+    # (exactness of that path: tests/train/test_universal.py)
     more = train(tiny_config(*OPTS[:-2], "train.steps=4", "train.checkpoint_every=4", f"train.resume={out}"),
                  tmp_path / "cont", data=fmnist_small)
     report = json.loads((tmp_path / "cont" / "init_report.json").read_text())
-    assert more.step == 4 and report["mode"] == "resume-consolidated" and "optimizer state" in report["note"]
+    assert more.step == 4 and report["mode"] == "resume-universal" and "AdamW moments" in report["note"]
 
 
 def _processes_mentioning(text: str) -> list[int]:
