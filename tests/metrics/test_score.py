@@ -160,7 +160,7 @@ def test_sample_context_read_from_a_sharded_run(tmp_path):
 
     samples = _write(tmp_path / "run" / "cfg2.5" / "samples.npz", np.zeros((4, 8, 8, 1), np.uint8))
     assert sample_context(samples) == {}  # no record at all
-    record = {"config": {"guidance": {"mode": "groupdiff-l", "group_size": 4, "cfg_scale": 1.0,
+    record = {"weights": "raw", "config": {"guidance": {"mode": "groupdiff-l", "group_size": 4, "cfg_scale": 1.0,
                                       "interval_low": 0.25, "interval_high": 0.75},
                          "sampler": {"method": "sde-euler", "num_steps": 250, "seed": 3}}}
     (tmp_path / "run" / "sample.rank1.json").write_text(json.dumps(record))  # world_size > 1: one per rank
@@ -168,3 +168,4 @@ def test_sample_context_read_from_a_sharded_run(tmp_path):
     assert context["mode"] == "groupdiff-l" and context["group_size"] == 4 and context["num_steps"] == 250
     assert context["cfg_scale"] == 2.5  # from the cfg<s> folder, not the config's default scale
     assert context["interval"] == [0.25, 0.75]
+    assert context["weights"] == "raw"  # which checkpoint weights were sampled travels into the score
