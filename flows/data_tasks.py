@@ -2,8 +2,10 @@
 
 Each cached task computes into a local work folder, uploads to the object store under the layout of
 DESIGN 2.3 (``weights/``, ``embeddings/<encoder>/<digest>/``, ``groups/<digest>/``) and records the
-artefact in the catalogue. A manifest object is written last, so an object already in the store (for
-instance after the Prefect cache was cleared) is reused instead of recomputed.
+artefact in the catalogue. A manifest object listing every file (name, size, sha256; see
+:mod:`registry.manifest`) is written last, so an artefact already in the store (for instance after the
+Prefect cache was cleared) is reused instead of recomputed, and a file deleted or changed behind the
+manifest's back is noticed on reuse.
 """
 from __future__ import annotations
 
@@ -12,11 +14,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from groupdiff.config import GroupDiffConfig
+from registry.manifest import MANIFEST, local_problems, publish_folder, store_problems, without_files
 
 from .common import stage_digest, stage_run, task_options
 from .records import Records, RecordsConfig
-
-MANIFEST = "manifest.json"
 
 
 def data_digest_inputs(config: GroupDiffConfig) -> dict:
@@ -24,29 +25,69 @@ def data_digest_inputs(config: GroupDiffConfig) -> dict:
     return config.data.model_dump(exclude={"num_workers", "vae"})
 
 
+def _warn(message: str, *args) -> None:
+    """Log to the Prefect run's logger inside a run, else to this module's logger."""
+    import logging
+
+    from prefect.exceptions import MissingContextError
+
+    try:
+        get_run_logger().warning(message, *args)
+    except MissingContextError:
+        logging.getLogger(__name__).warning(message, *args)
+
+
 def fetch(records: Records, prefix: str, folder: Path) -> Path:
-    """Download ``prefix`` into ``folder`` unless its manifest is already there (verified reads)."""
-    if not (folder / MANIFEST).is_file():
-        records.store.get_dir(prefix, folder)
+    """The artefact ``prefix`` in ``folder``, checked against its manifest's file list.
+
+    A local copy whose files have the listed sizes is used as is; otherwise everything under ``prefix`` is
+    downloaded (each object verified against the store's record) and every listed file is checked for its
+    size and sha256. Raises ``FileNotFoundError`` when the store holds no manifest (an incomplete artefact)
+    and ``ValueError`` naming each file that differs from the manifest."""
+    import json
+
+    folder = Path(folder)
+    local = folder / MANIFEST
+    if local.is_file():
+        problems = local_problems(folder, json.loads(local.read_text()), sha256=False)
+        if not problems:
+            return folder
+        _warn("local copy of %s differs from its manifest (%s): downloading it again",
+              records.store.uri(prefix), "; ".join(problems))
+        local.unlink()
+    records.store.get_dir(prefix, folder)
+    if not local.is_file():
+        raise FileNotFoundError(f"{records.store.uri(prefix)} has no {MANIFEST}: the artefact was never completed "
+                                "or was partly deleted (expected its writer to put the manifest last)")
+    problems = local_problems(folder, json.loads(local.read_text()), sha256=True)
+    if problems:
+        local.unlink()  # so that the next call downloads again
+        raise ValueError(f"{records.store.uri(prefix)} does not match its {MANIFEST}: " + "; ".join(problems))
     return folder
 
 
 def publish(records: Records, prefix: str, folder: Path, manifest: dict) -> str:
-    """Upload ``folder`` to ``prefix`` and write the manifest object last; returns the prefix's URI."""
-    import json
-
-    records.store.put_dir(prefix, folder)
-    records.store.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    """Upload ``folder`` to ``prefix``, then the manifest (``manifest`` plus each file's name, size and sha256)
+    last, so a manifest in the store means a complete artefact; returns the prefix's URI."""
+    publish_folder(records.store, prefix, folder, manifest)
     return records.store.uri(prefix)
 
 
 def already_published(records: Records, prefix: str) -> dict | None:
-    """The manifest of ``prefix`` if the store holds the finished artefact."""
+    """The manifest's own fields (without the file list) if the store holds the finished artefact: its
+    manifest is there and every file it lists is present with the listed size and sha256 on record (a
+    stat per file, no data read). None when not published or broken (logged; the stage then recomputes)."""
     import json
 
     key = f"{prefix}/{MANIFEST}"
-    return json.loads(records.store.get_bytes(key)) if records.store.exists(key) else None
+    if not records.store.exists(key):
+        return None
+    manifest = json.loads(records.store.get_bytes(key))
+    problems = store_problems(records.store, prefix, manifest)
+    if problems:
+        _warn("%s is broken (%s): computing it again", records.store.uri(prefix), "; ".join(problems))
+        return None
+    return without_files(manifest)
 
 
 @task(name="dataset", retries=2, retry_delay_seconds=[2, 4])

@@ -3,8 +3,10 @@ the object store.
 
 * Every catalogue row (datasets, embedding sets, group tables, checkpoints, evaluations, model versions)
   whose URI lies in the store: the artefact must be there, complete (a folder artefact ends with the
-  ``manifest.json`` its writer puts last) and intact (every object read back with its recorded size and
-  sha256, unless ``verify_data`` is off, then sizes and records only).
+  ``manifest.json`` its writer puts last, and every file that manifest lists is there) and intact (every
+  object read back with its recorded size and sha256 and, for a listed file, the manifest's size and
+  sha256; with ``verify_data`` off, sizes and records only). A folder whose manifest predates the file
+  list is reported as unverifiable (not an error).
 * Every MLflow model version: its model files must be there (``MLmodel`` and each file it names: the
   pyfunc's pickled class, its artefacts, the environment files); the store URIs in its ``groupdiff.*``
   tags count as references too. A catalogue model version unknown to MLflow is missing as well.
@@ -17,6 +19,7 @@ scores). ``Report.exit_code`` is 1 when anything is missing or corrupt, else 0.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import defaultdict
@@ -28,10 +31,10 @@ from pydantic import Field
 from groupdiff.config_base import Section
 
 from .config import ENV_STORE_ROOT, MlflowConfig, ObjectStoreConfig
-from .objectstore import ChecksumMismatchError, ObjectNotFoundError, ObjectStore, ObjectStoreError
+from .manifest import MANIFEST, FileEntry, listed_files
+from .objectstore import ChecksumMismatchError, ObjectInfo, ObjectNotFoundError, ObjectStore, ObjectStoreError
 
-MANIFEST = "manifest.json"
-MISSING, CORRUPT, UNREFERENCED = "missing", "corrupt", "unreferenced"
+MISSING, CORRUPT, UNREFERENCED, UNVERIFIABLE = "missing", "corrupt", "unreferenced", "unverifiable"
 # Model-version tags written by the pipeline that name store URIs (flows/eval_tasks.register_task).
 STORE_TAGS = ("groupdiff.checkpoint", "groupdiff.samples")
 ENV_MLFLOW = "MLFLOW_TRACKING_URI"
@@ -64,8 +67,8 @@ class CheckConfig(Section):
 
 @dataclass
 class Problem:
-    """One finding: ``kind`` is missing | corrupt | unreferenced; ``target`` the object URI or MLflow model
-    location; ``referenced_by`` the rows, versions and tags that point at it."""
+    """One finding: ``kind`` is missing | corrupt | unreferenced | unverifiable; ``target`` the object URI or
+    MLflow model location; ``referenced_by`` the rows, versions and tags that point at it."""
 
     kind: str
     target: str
@@ -89,7 +92,8 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        """1 when an artefact is missing or corrupt, else 0 (unreferenced objects are reported only)."""
+        """1 when an artefact is missing or corrupt, else 0 (unreferenced objects and folders whose old manifest
+        lists no files are reported only)."""
         return 1 if self.of(MISSING) or self.of(CORRUPT) else 0
 
 
@@ -122,21 +126,21 @@ class _Checker:
         else:
             self.refs[uri].append(who)
 
-    def _verify(self, key: str) -> str | None:
-        """None when ``key`` is intact, else why not."""
+    def _verify(self, key: str) -> tuple[str | None, ObjectInfo | None]:
+        """(None, the store's record) when ``key`` is intact, else (why not, None)."""
         self.report.objects_verified += 1
         try:
             if self.verify_data:
-                self.store.get_file(key, Path(self._tmp.name) / "object")
+                info = self.store.get_file(key, Path(self._tmp.name) / "object")
             else:
-                self.store.stat(key)
+                info = self.store.stat(key)
         except ChecksumMismatchError as exc:
-            return str(exc)
+            return str(exc), None
         except ObjectNotFoundError:
-            return "vanished while being checked"
+            return "vanished while being checked", None
         except ObjectStoreError as exc:  # e.g. no sha256 record: written behind the store's back
-            return str(exc)
-        return None
+            return str(exc), None
+        return None, info
 
     def artefacts(self) -> None:
         """Check every referenced URI once: present, complete, intact."""
@@ -147,7 +151,7 @@ class _Checker:
                 parent = key.rsplit("/", 1)[0] if "/" in key else ""
                 if parent:
                     self.owned_prefixes.add(parent)
-                bad = self._verify(key)
+                bad, _ = self._verify(key)
                 if bad:
                     self.report.problems.append(Problem(CORRUPT, uri, bad, who))
                 continue
@@ -156,15 +160,47 @@ class _Checker:
                 self.report.problems.append(Problem(MISSING, uri, "no object at this URI or under it", who))
                 continue
             self.owned_prefixes.add(key)
-            if f"{key}/{MANIFEST}" not in keys:
+            self._folder(key, keys, who)
+
+    def _folder(self, key: str, keys: list[str], who: list[str]) -> None:
+        """A folder artefact: its manifest is there (written last) and every file it lists is present with the
+        listed size (and sha256 when ``verify_data``); every object under it reads back as recorded."""
+        manifest_key = f"{key}/{MANIFEST}"
+        entries: list[FileEntry] | None = None
+        if manifest_key not in keys:
+            self.report.problems.append(Problem(
+                MISSING, self.store.uri(manifest_key),
+                f"the artefact folder holds {len(keys)} object(s) but not {MANIFEST}, which its writer puts "
+                "last: it was never completed or was partly deleted", who))
+        else:
+            self.report.objects_verified += 1
+            try:
+                entries = listed_files(json.loads(self.store.get_bytes(manifest_key)))
+            except (ObjectStoreError, ValueError) as exc:  # unreadable, not JSON, or a malformed file list
+                self.report.problems.append(Problem(CORRUPT, self.store.uri(manifest_key), str(exc), who))
+            else:
+                if entries is None:
+                    self.report.problems.append(Problem(
+                        UNVERIFIABLE, self.store.uri(key), f"unverifiable: manifest lists no files (its {MANIFEST} "
+                        "predates file lists): a file deleted or changed inside the folder cannot be noticed", who))
+        listed = {f"{key}/{e.name}": e for e in entries or []}
+        for name, entry in listed.items():
+            if name not in keys:
                 self.report.problems.append(Problem(
-                    MISSING, self.store.uri(f"{key}/{MANIFEST}"),
-                    f"the artefact folder holds {len(keys)} object(s) but not {MANIFEST}, which its writer puts "
-                    "last: it was never completed or was partly deleted", who))
-            for k in keys:
-                bad = self._verify(k)
-                if bad:
-                    self.report.problems.append(Problem(CORRUPT, self.store.uri(k), bad, who))
+                    MISSING, self.store.uri(name), f"listed in {MANIFEST} ({entry.size} bytes, sha256 "
+                    f"{entry.sha256[:12]}...) but not in the store", who))
+        for k in keys:
+            if k == manifest_key:
+                continue
+            bad, info = self._verify(k)
+            entry = listed.get(k)
+            if not bad and entry is not None and info is not None:
+                if info.size != entry.size:
+                    bad = f"{info.size} bytes in the store, {MANIFEST} lists {entry.size} bytes"
+                elif self.verify_data and info.sha256 != entry.sha256:
+                    bad = f"read back with sha256 {info.sha256}, {MANIFEST} lists sha256 {entry.sha256}"
+            if bad:
+                self.report.problems.append(Problem(CORRUPT, self.store.uri(k), bad, who))
 
     def unreferenced(self) -> None:
         """Every stored object that no reference accounts for."""
@@ -328,7 +364,7 @@ def run(config: CheckConfig) -> Report:
 def format_report(report: Report) -> str:
     """Human-readable lines: each problem with what points at it, then a summary."""
     lines = []
-    for kind in (MISSING, CORRUPT, UNREFERENCED):
+    for kind in (MISSING, CORRUPT, UNREFERENCED, UNVERIFIABLE):
         for p in report.of(kind):
             lines.append(f"{kind.upper():<12} {p.target}")
             lines.append(f"{'':<12} {p.detail}")
@@ -338,6 +374,7 @@ def format_report(report: Report) -> str:
         f"checked {report.rows} catalogue rows, {report.model_versions} MLflow model versions, "
         f"{report.objects_verified} objects: {len(report.of(MISSING))} missing, {len(report.of(CORRUPT))} corrupt, "
         f"{len(report.of(UNREFERENCED))} unreferenced"
+        + (f", {len(report.of(UNVERIFIABLE))} unverifiable" if report.of(UNVERIFIABLE) else "")
         + (f"; {len(set(report.outside))} referenced URIs lie outside the store (not checked)" if report.outside else "")
     )
     return "\n".join(lines)

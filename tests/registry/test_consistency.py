@@ -1,6 +1,7 @@
 """``groupdiff check`` on the embedded records (file:// store, SQLite catalogue, MLflow on SQLite): clean
 records pass; a deleted, truncated or corrupted object, an incomplete folder, a deleted MLflow model file and a
-leftover object are each named with the rows that point at them. The same check on the local stack
+leftover object are each named with the rows that point at them; a file deleted or changed inside a folder
+whose manifest is still there is found through the manifest's file list. The same check on the local stack
 (SeaweedFS, PostgreSQL, MLflow server) runs in tests/flows/test_restart.py."""
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from registry.catalogue.records import (
     record_checkpoint, record_dataset, record_embedding_set, record_evaluation, record_group_table,
     record_model_version,
 )
-from registry.consistency import CORRUPT, MISSING, UNREFERENCED, check
+from registry.consistency import CORRUPT, MISSING, UNREFERENCED, UNVERIFIABLE, check
 from registry.layout import checkpoint_prefix, embeddings_prefix, groups_prefix, samples_key
+from registry.manifest import MANIFEST, publish_folder
 from registry.mlflow_model import log_groupdiff_model
 from registry.objectstore import open_store
 
@@ -31,10 +33,13 @@ CKPT = checkpoint_prefix("baseline-abc", 2)
 SAMPLES = samples_key("baseline-abc", "ev1")
 
 
-def _folder(store, prefix: str, files: dict[str, bytes]) -> str:
+def _folder(store, prefix: str, files: dict[str, bytes], tmp_path: Path) -> str:
+    """Publish ``files`` as the pipeline does: each file, then the manifest listing them (written last)."""
+    folder = tmp_path / "work" / prefix
     for name, data in files.items():
-        store.put_bytes(f"{prefix}/{name}", data)
-    store.put_bytes(f"{prefix}/manifest.json", json.dumps({"files": sorted(files)}).encode())  # written last
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    publish_folder(store, prefix, folder, {"stage": prefix.split("/")[0]})
     return store.uri(prefix)
 
 
@@ -44,9 +49,9 @@ def records(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
     catalogue = f"sqlite:///{tmp_path / 'catalogue.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    emb = _folder(store, embeddings_prefix("pixels", "e1"), {"shard-0.npy": b"e" * 100})
-    groups = _folder(store, groups_prefix("g1"), {"groups.npz": b"g" * 50})
-    ckpt = _folder(store, CKPT, {"model.safetensors": b"w" * 300, "config.json": b"{}"})
+    emb = _folder(store, embeddings_prefix("pixels", "e1"), {"shard-0.npy": b"e" * 100}, tmp_path)
+    groups = _folder(store, groups_prefix("g1"), {"groups.npz": b"g" * 50}, tmp_path)
+    ckpt = _folder(store, CKPT, {"model.safetensors": b"w" * 300, "config.json": b"{}"}, tmp_path)
     store.put_bytes(SAMPLES, b"s" * 200)
     store.put_bytes(SAMPLES.replace("samples.npz", "scores/d1/metrics.json"), b"{}")  # the evaluation's folder
     client = mlflow.MlflowClient(tracking)
@@ -119,6 +124,65 @@ def test_a_folder_without_its_manifest_is_missing_and_names_the_checkpoint_and_m
         store.delete(key)
     [gone] = _check(records).of(MISSING)
     assert gone.target == store.uri(CKPT) and gone.detail == "no object at this URI or under it"
+
+
+CKPT_ROWS = ("catalogue checkpoints #1 (run ", "catalogue model_versions #1 (gd-check v1)",
+             "mlflow model gd-check v1 (tag groupdiff.checkpoint)")
+
+
+def test_a_file_deleted_inside_a_folder_whose_manifest_is_kept_is_missing_with_its_rows(records, capsys):
+    store, _, tracking, tmp_path = records
+    key = f"{CKPT}/model.safetensors"
+    (store.path / key).unlink()  # by hand, behind the store's back: the manifest and config.json stay
+    assert store.exists(f"{CKPT}/{MANIFEST}") and store.exists(f"{CKPT}/config.json")
+    report = _check(records)
+    assert report.exit_code == 1 and report.of(CORRUPT) == [] and report.of(UNREFERENCED) == []
+    [missing] = report.of(MISSING)
+    assert missing.target == store.uri(key)
+    assert "listed in manifest.json (300 bytes" in missing.detail
+    assert len(missing.referenced_by) == 3
+    assert all(any(who.startswith(row) for who in missing.referenced_by) for row in CKPT_ROWS), missing.referenced_by
+    assert _check(records, verify_data=False).of(MISSING) == [missing]  # no data read needed
+    code = main(["check", "--store-root", store.root, "--catalogue-url", f"sqlite:///{tmp_path / 'catalogue.db'}",
+                 "--mlflow-uri", tracking, "--no-verify-data"])
+    out = capsys.readouterr().out
+    assert code == 1 and f"MISSING      {store.uri(key)}" in out
+    assert "referenced by catalogue checkpoints #1" in out and "referenced by catalogue model_versions #1" in out
+    assert "1 missing, 0 corrupt, 0 unreferenced" in out
+
+
+def test_a_file_changed_inside_a_folder_is_corrupt_against_its_manifest(records):
+    store = records[0]
+    key = f"{CKPT}/model.safetensors"
+    data = bytearray((store.path / key).read_bytes())
+    data[123] ^= 0x01  # one byte, by hand
+    (store.path / key).write_bytes(bytes(data))
+    [bad] = _check(records).of(CORRUPT)
+    assert bad.target == store.uri(key) and len(bad.referenced_by) == 3
+    # rewritten through the store: the store's own record agrees with the new bytes, only the manifest knows
+    store.put_bytes(key, bytes(data))
+    report = _check(records)
+    [bad] = report.of(CORRUPT)
+    assert bad.target == store.uri(key) and "manifest.json lists sha256" in bad.detail and report.exit_code == 1
+    assert _check(records, verify_data=False).of(CORRUPT) == []  # the sha256 is compared only when reading
+    store.put_bytes(key, bytes(data[:-1]))  # a size change is caught from the records alone
+    [bad] = _check(records, verify_data=False).of(CORRUPT)
+    assert bad.target == store.uri(key) and "299 bytes in the store, manifest.json lists 300 bytes" in bad.detail
+
+
+def test_an_old_manifest_without_a_file_list_is_unverifiable_not_an_error(records, capsys):
+    store = records[0]
+    manifest = json.loads(store.get_bytes(f"{groups_prefix('g1')}/{MANIFEST}"))
+    store.put_bytes(f"{groups_prefix('g1')}/{MANIFEST}", json.dumps({"stage": manifest["stage"]}).encode())
+    report = _check(records)
+    assert [(p.kind, p.target) for p in report.problems] == [(UNVERIFIABLE, store.uri(groups_prefix("g1")))]
+    assert report.problems[0].detail.startswith("unverifiable: manifest lists no files")
+    assert report.problems[0].referenced_by == ["catalogue group_tables #1 (digest g1)"]
+    assert report.exit_code == 0
+    # a malformed list is an error that names the bad entry
+    store.put_bytes(f"{groups_prefix('g1')}/{MANIFEST}", json.dumps({"files": ["groups.npz"]}).encode())
+    [bad] = _check(records).of(CORRUPT)
+    assert bad.target == store.uri(f"{groups_prefix('g1')}/{MANIFEST}") and "'groups.npz'" in bad.detail
 
 
 def test_changed_bytes_are_corrupt_and_a_size_change_is_caught_without_reading(records):
