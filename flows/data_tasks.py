@@ -19,6 +19,8 @@ from registry.manifest import MANIFEST, local_problems, publish_folder, store_pr
 from .common import stage_digest, stage_run, task_options
 from .records import Records, RecordsConfig
 
+CLASSIFIER = "classifier"  # the built-in classifier: its weights' folder under weights/ and its catalogue name
+
 
 def data_digest_inputs(config: GroupDiffConfig) -> dict:
     """The data config fields that fix the images (not reader settings)."""
@@ -107,12 +109,14 @@ def dataset_task(config: GroupDiffConfig, records: RecordsConfig) -> dict:
 
 @task(**task_options("classifier"))
 def classifier_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, parent_run_id: str | None) -> dict:
-    """Train (or reuse) the built-in classifier: features of ``fd_fmnist`` and of the classifier encoder."""
+    """Train (or reuse) the built-in classifier: features of ``fd_fmnist`` and of the classifier encoder;
+    recorded in the catalogue's ``weights`` table (name 'classifier')."""
+    from registry.catalogue.records import record_weights
     from registry.layout import weights_key
 
     rec = Records(records)
-    prefix = weights_key(f"classifier/{digest}")
-    folder = rec.work("classifier", digest)
+    prefix = weights_key(f"{CLASSIFIER}/{digest}")
+    folder = rec.work(CLASSIFIER, digest)
     if (done := already_published(rec, prefix)) is None:
         import torch
 
@@ -131,7 +135,11 @@ def classifier_task(config: GroupDiffConfig, records: RecordsConfig, digest: str
             publish(rec, prefix, folder, done)
     else:
         fetch(rec, prefix, folder)
-    return {**done, "uri": rec.store.uri(prefix), "path": str(folder / "classifier.safetensors")}
+    uri = rec.store.uri(prefix)
+    with rec.catalogue.begin() as session:
+        record_weights(session, CLASSIFIER, digest, uri, {"image_size": config.data.image_size,
+                                                          **config.embed.classifier.model_dump()})
+    return {**done, "uri": uri, "path": str(folder / "classifier.safetensors")}
 
 
 def _metrics(values: dict[str, float], step: int = 0):

@@ -1,7 +1,7 @@
 """Do the records agree with the bytes? ``groupdiff check``: the catalogue and the MLflow registry against
 the object store.
 
-* Every catalogue row (datasets, embedding sets, group tables, checkpoints, evaluations, model versions)
+* Every catalogue row (datasets, weights, embedding sets, group tables, checkpoints, evaluations, model versions)
   whose URI lies in the store: the artefact must be there, complete (a folder artefact ends with the
   ``manifest.json`` its writer puts last, and every file that manifest lists is there) and intact (every
   object read back with its recorded size and sha256 and, for a listed file, the manifest's size and
@@ -215,10 +215,11 @@ def _catalogue_refs(checker: _Checker, session) -> list[tuple[str, int]]:
     """Register every catalogue row's URI; returns the (name, version) of the catalogue's model versions."""
     from sqlalchemy import select
 
-    from .catalogue.models import Checkpoint, Dataset, EmbeddingSet, Evaluation, GroupTable, ModelVersion
+    from .catalogue.models import Checkpoint, Dataset, EmbeddingSet, Evaluation, GroupTable, ModelVersion, Weights
 
     describe = {
         Dataset: lambda r: f"datasets #{r.id} ({r.name})",
+        Weights: lambda r: f"weights #{r.id} ({r.name}, digest {r.digest[:12]})",
         EmbeddingSet: lambda r: f"embedding_sets #{r.id} ({r.encoder}, digest {r.digest[:12]})",
         GroupTable: lambda r: f"group_tables #{r.id} (digest {r.digest[:12]})",
         Checkpoint: lambda r: f"checkpoints #{r.id} (run {r.run_id}, step {r.step})",

@@ -1,7 +1,7 @@
 """SQLAlchemy 2 tables of the catalogue: what was produced, from what, with which config (DESIGN 2.3).
 
 Lineage runs dataset -> embedding set -> group table -> checkpoint (-> parent checkpoint when resumed)
--> evaluation -> model version. Every artefact row carries its content digest (unique), its URI in the
+-> evaluation -> model version; auxiliary weights (the built-in classifier) have their own rows. Every artefact row carries its content digest (unique), its URI in the
 object store and the config that made it (JSON). The schema is created by the Alembic migrations in
 ``registry/migrations``; keep the two in step (a test compares them).
 """
@@ -81,6 +81,15 @@ class Evaluation(_Artefact, Base):
     metric: Mapped[str] = mapped_column(String(NAME_LEN))
     value: Mapped[float] = mapped_column(Float)
     checkpoint: Mapped[Checkpoint] = relationship()
+
+
+class Weights(_Artefact, Base):
+    """Weights a stage trained or loaded besides the diffusion model, stored under ``weights/``: the built-in
+    classifier (``name`` 'classifier'), whose features are the fd_fmnist space of every evaluation and the
+    embeddings of the 'classifier' encoder."""
+
+    __tablename__ = "weights"
+    name: Mapped[str] = mapped_column(String(NAME_LEN), index=True)
 
 
 class ModelVersion(Base):

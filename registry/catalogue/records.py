@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import Checkpoint, Dataset, EmbeddingSet, Evaluation, GroupTable, ModelVersion
+from .models import Checkpoint, Dataset, EmbeddingSet, Evaluation, GroupTable, ModelVersion, Weights
 
-A = TypeVar("A", Dataset, EmbeddingSet, GroupTable, Checkpoint, Evaluation)
+A = TypeVar("A", Dataset, EmbeddingSet, GroupTable, Checkpoint, Evaluation, Weights)
 
 
 def _get_or_create(session: Session, cls: type[A], digest: str, **fields: Any) -> A:
@@ -62,6 +62,13 @@ def record_evaluation(session: Session, checkpoint: Checkpoint, protocol_id: str
     """Record a score of ``checkpoint`` under ``protocol_id`` (``uri`` = its samples)."""
     return _get_or_create(session, Evaluation, digest, checkpoint=checkpoint, protocol_id=protocol_id,
                           metric=metric, value=float(value), uri=uri, config=config or {})
+
+
+def record_weights(session: Session, name: str, digest: str, uri: str, config: dict | None = None) -> Weights:
+    """Record auxiliary weights (e.g. the built-in classifier, ``name`` 'classifier') stored at ``uri``."""
+    if not name:
+        raise ValueError(f"weights need a non-empty name (digest {digest!r}, uri {uri!r})")
+    return _get_or_create(session, Weights, digest, name=name, uri=uri, config=config or {})
 
 
 def record_model_version(session: Session, name: str, version: int, uri: str, checkpoint: Checkpoint,

@@ -11,12 +11,12 @@ from sqlalchemy import inspect
 from registry.catalogue import (
     Base, check_url, current_revision, downgrade, head_revision, lineage_of_model_version, make_engine, open_session,
     record_checkpoint, record_dataset, record_embedding_set, record_evaluation, record_group_table,
-    record_model_version, upgrade_to_head,
+    record_model_version, record_weights, upgrade_to_head,
 )
 from registry.catalogue.records import checkpoints_using_groups
 
 pytestmark = pytest.mark.integration
-TABLES = {"datasets", "embedding_sets", "group_tables", "checkpoints", "evaluations", "model_versions"}
+TABLES = {"datasets", "embedding_sets", "group_tables", "checkpoints", "evaluations", "model_versions", "weights"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -102,6 +102,13 @@ def test_records_are_idempotent_and_conflicts_are_errors(url):
             record_dataset(session, "d", "same", "file:///elsewhere")
         with pytest.raises(ValueError, match="step must be >= 0"):
             record_checkpoint(session, "r", -1, "c", "file:///c", a)
+        w = record_weights(session, "classifier", "clf1", "file:///weights/classifier/clf1", {"epochs": 1})
+        assert record_weights(session, "classifier", "clf1", "file:///weights/classifier/clf1").id == w.id
+        assert w.config == {"epochs": 1}
+        with pytest.raises(ValueError, match="already recorded at 'file:///weights/classifier/clf1'"):
+            record_weights(session, "classifier", "clf1", "file:///weights/other")
+        with pytest.raises(ValueError, match="non-empty name"):
+            record_weights(session, "", "clf2", "file:///weights/x")
 
 
 @pytest.mark.parametrize("bad, match", [

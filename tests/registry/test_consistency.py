@@ -19,10 +19,10 @@ from groupdiff.models import build_model
 from registry.catalogue.db import open_session
 from registry.catalogue.records import (
     record_checkpoint, record_dataset, record_embedding_set, record_evaluation, record_group_table,
-    record_model_version,
+    record_model_version, record_weights,
 )
 from registry.consistency import CORRUPT, MISSING, UNREFERENCED, UNVERIFIABLE, check
-from registry.layout import checkpoint_prefix, embeddings_prefix, groups_prefix, samples_key
+from registry.layout import checkpoint_prefix, embeddings_prefix, groups_prefix, samples_key, weights_key
 from registry.manifest import MANIFEST, publish_folder
 from registry.mlflow_model import log_groupdiff_model
 from registry.objectstore import open_store
@@ -30,6 +30,7 @@ from registry.objectstore import open_store
 MODEL = ModelConfig(name="custom", depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=8, in_channels=1,
                     num_classes=3, learn_sigma=False, max_group_size=4)
 CKPT = checkpoint_prefix("baseline-abc", 2)
+CLASSIFIER = weights_key("classifier/clf1")
 SAMPLES = samples_key("baseline-abc", "ev1")
 
 
@@ -52,6 +53,7 @@ def records(tmp_path):
     emb = _folder(store, embeddings_prefix("pixels", "e1"), {"shard-0.npy": b"e" * 100}, tmp_path)
     groups = _folder(store, groups_prefix("g1"), {"groups.npz": b"g" * 50}, tmp_path)
     ckpt = _folder(store, CKPT, {"model.safetensors": b"w" * 300, "config.json": b"{}"}, tmp_path)
+    clf = _folder(store, CLASSIFIER, {"classifier.safetensors": b"c" * 80}, tmp_path)
     store.put_bytes(SAMPLES, b"s" * 200)
     store.put_bytes(SAMPLES.replace("samples.npz", "scores/d1/metrics.json"), b"{}")  # the evaluation's folder
     client = mlflow.MlflowClient(tracking)
@@ -70,6 +72,7 @@ def records(tmp_path):
     factory = open_session(catalogue)
     with factory.begin() as session:
         ds = record_dataset(session, "fmnist-train", "d1", "builtin://fmnist-train")
+        record_weights(session, "classifier", "clf1", clf)
         es = record_embedding_set(session, ds, "pixels", "e1", emb)
         gt = record_group_table(session, es, "g1", groups)
         cp = record_checkpoint(session, run.info.run_id, 2, "c1", ckpt, ds, gt)
@@ -87,7 +90,7 @@ def _check(records, verify_data: bool = True):
 def test_consistent_records_are_clean(records):
     report = _check(records)
     assert report.problems == [] and report.exit_code == 0
-    assert report.rows == 6 and report.model_versions == 1 and report.objects_verified == 8
+    assert report.rows == 7 and report.model_versions == 1 and report.objects_verified == 10
     assert report.outside == ["builtin://fmnist-train"]
 
 
@@ -149,6 +152,15 @@ def test_a_file_deleted_inside_a_folder_whose_manifest_is_kept_is_missing_with_i
     assert code == 1 and f"MISSING      {store.uri(key)}" in out
     assert "referenced by catalogue checkpoints #1" in out and "referenced by catalogue model_versions #1" in out
     assert "1 missing, 0 corrupt, 0 unreferenced" in out
+
+
+def test_the_classifier_weights_are_referenced_by_their_row(records):
+    store = records[0]
+    key = f"{CLASSIFIER}/classifier.safetensors"
+    assert _check(records).of(UNREFERENCED) == []
+    store.delete(key)
+    [missing] = _check(records).of(MISSING)
+    assert missing.target == store.uri(key) and missing.referenced_by == ["catalogue weights #1 (classifier, digest clf1)"]
 
 
 def test_a_file_changed_inside_a_folder_is_corrupt_against_its_manifest(records):
