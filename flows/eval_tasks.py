@@ -159,6 +159,26 @@ def score_task(records: RecordsConfig, digest: str, samples: dict, classifier: d
     return {**done, "uri": rec.store.uri(f"{prefix}/metrics.json"), "path": str(folder / "metrics.json")}
 
 
+def record_score(records: RecordsConfig, checkpoint: dict, samples: dict, score: dict, protocol: str,
+                 metric: str) -> None:
+    """Record a score as the catalogue evaluation of its checkpoint (``uri`` = the samples), registered or
+    not, so that every sample set the pipeline writes is referenced; idempotent (the register task finds
+    the same row)."""
+    from sqlalchemy import select
+
+    from registry.catalogue.models import Checkpoint
+    from registry.catalogue.records import record_evaluation
+
+    rec = Records(records)
+    with rec.catalogue.begin() as session:
+        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.digest == checkpoint["digest"]))
+        if ckpt is None:
+            raise LookupError(f"checkpoint {checkpoint['digest']!r} ({checkpoint.get('uri')}) is not in the catalogue; "
+                              "expected the train task to have recorded it")
+        record_evaluation(session, ckpt, protocol, metric, score["metrics"][metric], score["digest"], samples["uri"],
+                          {"metrics": score["metrics"]})
+
+
 @task(**task_options("register"))
 def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, checkpoint: dict, samples: dict,
                   score: dict, protocol: str, metric: str, model_name: str, parent_run_id: str | None) -> dict:

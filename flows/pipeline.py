@@ -18,7 +18,7 @@ from groupdiff.config import GroupDiffConfig
 
 from .common import log_params, stage_digest
 from .data_tasks import classifier_task, data_digests, dataset_task, embed_task, mine_task
-from .eval_tasks import protocol_id, register_task, sample_task, score_task
+from .eval_tasks import protocol_id, record_score, register_task, sample_task, score_task
 from .params import PipelineParams
 from .records import Records, RecordsConfig
 from .training import kill_recorded, train_task
@@ -166,6 +166,7 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
             cdig = score_digest(sdig, digests["classifier"], params)
             score = score_task(records, cdig, samples, classifier, params.reference_limit, parent_id,
                                params.fd_bootstrap, params.fd_interval)
+            record_score(records, checkpoint, samples, score, protocol, params.metric)
             advance()
             rows.append({"variant": variant, "config": config, "checkpoint": checkpoint, "samples": samples,
                          "score": score, "metrics": score["metrics"], "floor": score.get("floor"),
