@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from groupdiff.config import GroupDiffConfig
 
 from .common import stage_digest, stage_run, task_options
-from .data_tasks import _metrics, already_published, fetch
+from .data_tasks import MANIFEST, _metrics, already_published, fetch
 from .records import Records, RecordsConfig
 
 
@@ -113,8 +113,8 @@ def local_checkpoint(rec: Records, checkpoint: dict) -> Path:
 
 def publish_manifest(rec: Records, prefix: str, folder: Path, manifest: dict) -> None:
     """Write the manifest object last (the files were uploaded one by one before)."""
-    rec.store.put_bytes(f"{prefix}/manifest.json", json.dumps(manifest, indent=2, default=str).encode())
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    rec.store.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
 
 def floor_metrics(floor: dict[str, float]) -> dict[str, float]:
