@@ -65,7 +65,7 @@ def test_dropout_acts_in_training_only():
     assert torch.equal(model.embedding(x), model.embedding(x))
 
 
-@pytest.mark.parametrize("field,value", [("augment_flip", False), ("augment_shift", 0), ("dropout", 0.0),
+@pytest.mark.parametrize("field,value", [("augment_flip", True), ("augment_shift", 2), ("dropout", 0.0),
                                          ("pooling", "mean"), ("lr", 1e-3), ("epochs", 2)])
 def test_every_recipe_field_changes_the_trained_weights(field, value, data, tmp_path):
     train, test = data
