@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from prefect.tasks import exponential_backoff
 
@@ -97,3 +97,19 @@ def task_options(name: str) -> dict[str, Any]:
     """The options every cached stage task shares (cache key, retries with backoff, persisted result)."""
     return {"name": name, "cache_key_fn": digest_cache_key, "retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS,
             "retry_condition_fn": retry_on_io, "persist_result": True}
+
+
+def console_echo(logger) -> Callable[[str], None]:
+    """A one-line progress sink: logs at INFO (the Prefect UI shows it) and, when the console handlers would
+    hide INFO (``groupdiff run`` sets ``PREFECT_LOGGING_LEVEL=WARNING`` to keep Prefect's own chatter off the
+    console), also writes the line to the process's real stdout, so long stages stay visible."""
+    import logging
+    import sys
+
+    def echo(line: str) -> None:
+        logger.info(line)
+        if not logging.getLogger("prefect").isEnabledFor(logging.INFO):
+            sys.__stdout__.write(line + "\n")
+            sys.__stdout__.flush()
+
+    return echo

@@ -43,11 +43,13 @@ def _flow(entry: str):
 
 
 def ensure_training_limit(pool: str) -> str:
-    """Create the global concurrency limit ``training-<pool>`` (1 slot) if missing; returns its name."""
+    """Create the global concurrency limit ``training-<pool>`` (``RecordsConfig.training_slots``' default,
+    1 slot) if missing; returns its name."""
+    from .records import RecordsConfig
     from .training import CONCURRENCY_PREFIX, _ensure_limit
 
     name = f"{CONCURRENCY_PREFIX}{pool}"
-    _ensure_limit(name)
+    _ensure_limit(name, RecordsConfig.model_fields["training_slots"].default)
     return name
 
 

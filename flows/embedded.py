@@ -49,13 +49,51 @@ def verdict(rows: list[dict], metric: str) -> str:
             "noisy and say nothing about the paper's ImageNet results either way.")
 
 
-def summary(result: dict, params, out: Path, seconds: float) -> str:
+def stage_times(flow_run_id: str) -> list[tuple[str, float]]:
+    """(task run name, wall seconds) of every finished task of a flow run, in start order, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = [r for r in runs if r.start_time is not None and r.end_time is not None]
+    return [(r.name, (r.end_time - r.start_time).total_seconds()) for r in sorted(runs, key=lambda r: r.start_time)]
+
+
+def champion_line(champion: dict, metric: str) -> str:
+    """The champion's class agreement and ``metric`` beside the real-data floor (and their ratio)."""
+    m, floor = champion["metrics"], champion.get("floor") or {}
+    parts = [f"Champion ({champion['variant']}): class_agreement {m.get('class_agreement', float('nan')):.3f}"]
+    if "class_agreement" in floor:
+        parts[-1] += f" (real data {floor['class_agreement']:.3f})"
+    if metric in m:
+        text = f"{metric} {m[metric]:.3g}"
+        if floor.get(metric):
+            text += f" vs real-data floor {floor[metric]:.3g} ({m[metric] / floor[metric]:.1f}x the floor)"
+        parts.append(text)
+    return ", ".join(parts) + "."
+
+
+def copy_class_grids(rows: list[dict], out: Path) -> list[Path]:
+    """Copy each variant's class grid (one row per class) to ``<out>/grids/<variant>.png``."""
+    copied = []
+    for row in rows:
+        if row.get("class_grid") and Path(row["class_grid"]).is_file():
+            target = out / "grids" / f"{row['variant']}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(row["class_grid"]).read_bytes())
+            copied.append(target)
+    return copied
+
+
+def summary(result: dict, params, out: Path, seconds: float, times: list[tuple[str, float]] | None = None,
+            grids: list[Path] | None = None) -> str:
     """The text printed at the end of ``groupdiff run``."""
     records = result["records"]
     champion = next((r for r in result["rows"] if r.get("decision") == "promoted"), None)
     lines = [
         "", "=" * 78, f"GroupDiff pipeline finished in {seconds / 60:.1f} min (measured, this machine)", "=" * 78, "",
-        f"Metrics as measured ({params.num_samples} samples per model, {params.train_steps} training steps, "
+        f"Metrics as measured ({params.num_samples} samples per model, {params.steps()} training steps, "
         f"sampler {params.sampler} x {params.sampling_steps} steps, cfg {params.cfg_scale}, {params.weights} weights; "
         "lower fd / higher is, precision, recall, class_agreement are better):",
         "", result["table"], "", result.get("floor_note", ""), "", verdict(result["rows"], result["metric"]), "",
@@ -63,6 +101,13 @@ def summary(result: dict, params, out: Path, seconds: float) -> str:
     if champion:
         lines.append(f"Registered model '{params.model_name}' version {champion['version']} ({champion['variant']}) "
                      "now has the alias 'champion'.")
+        lines.append(champion_line(champion, result["metric"]))
+    if grids:
+        lines += ["", "Sample grids (one row per class: T-shirt, trouser, pullover, dress, coat, sandal, shirt, "
+                  "sneaker, bag, ankle boot): " + ", ".join(str(g) for g in grids)]
+    if times:
+        lines += ["", "Wall time per stage (stages run side by side where they can):"]
+        lines += [f"  {name:<40} {secs:7.1f} s" for name, secs in times]
     else:
         lines.append(f"No version was promoted: none beat the existing champion of '{params.model_name}' beyond its "
                      f"{params.fd_interval:.0%} bootstrap interval of {result['metric']} under the same protocol.")
@@ -99,10 +144,18 @@ def run_embedded(preset: str, overrides: list[str], out: str | Path) -> int:
     from .pipeline import pipeline
     from .records import RecordsConfig
 
-    records = RecordsConfig(out=str(out), use_env=False)
+    # one training slot per core: the variants train side by side with params.threads threads each
+    slots = max(1, min(len(params.variants), (os.cpu_count() or 1) // max(1, params.threads)))
+    records = RecordsConfig(out=str(out), use_env=False, training_slots=slots)
     started = time.perf_counter()
     result = pipeline(params=params, records=records)
-    text = summary(result, params, out, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    try:
+        times = stage_times(result["flow_run_id"])
+    except Exception as exc:  # the summary must not fail on a reporting detail
+        print(f"(stage times unavailable: {exc})")
+        times = None
+    text = summary(result, params, out, seconds, times, copy_class_grids(result["rows"], out))
     print(text)
     (out / "summary.txt").write_text(text)
     sys.stdout.flush()

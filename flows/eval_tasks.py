@@ -1,6 +1,6 @@
 """Evaluation tasks: sample a checkpoint, score the samples (``fd_fmnist`` etc.), register and promote.
 
-Samples go to ``samples/<run>/<eval>/`` (``samples.npz``, ``grid.png``, ``sample.json``), scores to
+Samples go to ``samples/<run>/<eval>/`` (``samples.npz``, ``grid.png``, ``classes.png``, ``sample.json``), scores to
 ``samples/<run>/<eval>/scores/<digest>/metrics.json``. The evaluation protocol id is a digest of what
 makes two scores comparable (sampler, steps, seed, sample count, guidance scale, feature space and its
 reference, the bootstrap of the fd interval), not of the variant nor of the checkpoint weights (EMA or
@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from groupdiff.config import GroupDiffConfig
+from groupdiff.sample.stage import save_class_grid
 
 from .common import stage_digest, stage_run, task_options
 from .data_tasks import MANIFEST, _metrics, already_published, fetch
@@ -39,6 +40,8 @@ def protocol_id(config: GroupDiffConfig, num_samples: int, classifier_digest: st
 
 
 WEIGHTS_TAG = "groupdiff.weights"
+CLASS_GRID = "classes.png"  # one row per class: what a person looks at before believing the numbers
+CLASS_GRID_PER_CLASS = 10
 
 
 @task(**task_options("sample"))
@@ -78,17 +81,22 @@ def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, ch
             if grid:
                 (folder / "grid.png").write_bytes(Path(grid).read_bytes())
                 rec.mlflow.log_artifact(run_id, str(folder / "grid.png"), "samples")
+            from groupdiff.metrics.npz import read_samples_npz
+
+            batch = read_samples_npz(npz)
+            if save_class_grid(batch.images, batch.labels, CLASS_GRID_PER_CLASS, folder / CLASS_GRID) is not None:
+                rec.mlflow.log_artifact(run_id, str(folder / CLASS_GRID), "samples")
             s_cross = result.s_cross.get(scale)
             if s_cross is not None and s_cross == s_cross:
                 rec.mlflow.log_batch(run_id, metrics=_metrics({"s_cross": s_cross}))
             done = {"digest": digest, "run": checkpoint["run"], "variant": checkpoint["variant"], "mlflow_run_id": run_id,
                     "cfg_scale": scale, "num_samples": num_samples, "weights": weights}
-            for name in ("samples.npz", "sample.json", "grid.png"):
+            for name in ("samples.npz", "sample.json", "grid.png", CLASS_GRID):
                 if (folder / name).is_file():
                     rec.store.put_file(f"{prefix}/{name}", folder / name)
             publish_manifest(rec, prefix, folder, done)
     else:
-        for name in ("samples.npz", "grid.png"):
+        for name in ("samples.npz", "grid.png", CLASS_GRID):
             if not (folder / name).is_file() and rec.store.exists(f"{prefix}/{name}"):
                 rec.store.get_file(f"{prefix}/{name}", folder / name)
     grid_key = f"{prefix}/grid.png"
@@ -97,7 +105,8 @@ def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, ch
     # score the stage's own file when present: its sample.json gives the report its context (mode, N, cfg)
     staged = folder / "stage" / scale_name(done["cfg_scale"]) / "samples.npz"
     return {**done, "uri": rec.store.uri(key), "key": key, "path": str(staged if staged.is_file() else folder / "samples.npz"),
-            "grid_key": grid_key if rec.store.exists(grid_key) else None}
+            "grid_key": grid_key if rec.store.exists(grid_key) else None,
+            "class_grid": str(folder / CLASS_GRID) if (folder / CLASS_GRID).is_file() else None}
 
 
 def local_checkpoint(rec: Records, checkpoint: dict) -> Path:

@@ -76,7 +76,8 @@ class PipelineParams(EvalProtocolParams):
     group_size: int = Field(4, ge=2, le=16, description="Images per group N for the GroupDiff variants.")
     threshold: float = Field(0.3, ge=-1.0, le=1.0, description="Cosine similarity threshold tau for a neighbour to count (similarity mode).")
     data_limit: int = Field(6000, ge=0, le=10_000_000, description="Train on the first N images (0 = whole split).")
-    train_steps: int = Field(400, ge=1, le=10_000_000, description="Optimizer steps per training run.")
+    train_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimizer steps per training run "
+                                    "(empty = the preset's train.steps).")
     batch_images: int = Field(64, ge=1, le=1_000_000, description="Images per optimizer step (a multiple of group_size).")
     probe_every: int = Field(0, ge=0, le=10_000_000, description="Steps between group-benefit probes of GroupDiff runs (0 = off).")
     world_size: int = Field(1, ge=1, le=1024, description="Training ranks (1 = one process; more = torchrun on this machine).")
@@ -110,15 +111,16 @@ class PipelineParams(EvalProtocolParams):
         """The full GroupDiffConfig of one variant (preset + these settings + ``overrides``)."""
         n = 1 if variant == "baseline" else self.group_size
         mode = "baseline" if variant == "baseline" else variant
+        steps = self.steps()
         settings = {
             "data.limit": self.data_limit, "embed.encoder": self.encoder, "embed.seed": self.seed,
             "mine.mode": self.grouping_mode, "mine.tau": self.threshold, "mine.group_size": self.group_size,
             "mine.seed": self.seed, "mine.top_k": max(16, self.group_size * 4), "mine.use_gpu": "never",
             "mine.recall_sample": 0,
             **self.classifier_overrides(),
-            "train.variant": variant, "train.group_size": self.group_size, "train.steps": self.train_steps,
+            "train.variant": variant, "train.group_size": self.group_size, "train.steps": steps,
             "train.global_batch_images": self.batch_images, "train.seed": self.seed,
-            "train.checkpoint_every": self.train_steps, "train.keep_last": 1, "train.num_threads": self.threads,
+            "train.checkpoint_every": steps, "train.keep_last": 1, "train.num_threads": self.threads,
             "train.init_from": self.init_from, "train.probe_every": self.probe_every,
             "sampler.method": self.sampler, "sampler.num_steps": self.sampling_steps, "sampler.seed": self.seed,
             "guidance.mode": mode, "guidance.group_size": n, "guidance.cfg_scale": self.cfg_scale,
@@ -127,6 +129,15 @@ class PipelineParams(EvalProtocolParams):
             return load_preset(self.preset, [*(f"{k}={v}" for k, v in settings.items()), *self.overrides])
         except ValueError as exc:  # name the parameters, not only the config fields
             raise ValueError(f"pipeline parameters do not form a valid config for variant {variant!r}: {exc}") from exc
+
+    def steps(self) -> int:
+        """Optimizer steps per training run: ``train_steps``, or the preset's ``train.steps`` when empty."""
+        if self.train_steps is not None:
+            return self.train_steps
+        try:
+            return load_preset(self.preset, list(self.overrides)).train.steps
+        except ValueError as exc:
+            raise ValueError(f"pipeline parameters do not form a valid config: {exc}") from exc
 
     def validate_configs(self) -> dict[str, GroupDiffConfig]:
         """Every variant's config, built up front so bad parameters fail before any work starts."""

@@ -89,7 +89,7 @@ def metrics_table(rows: list[dict], metric: str) -> str:
 def _report(rec: Records, params: PipelineParams, rows: list[dict], parent_run_id: str, protocol: str) -> str:
     lines = [f"# GroupDiff pipeline ({params.preset})", "", f"Evaluation protocol `{protocol}`, metric "
              f"`{params.metric}` (lower is better), {params.num_samples} samples from the `{params.weights}` weights, "
-             f"{params.train_steps} training steps; promotion needs {params.metric} beyond the champion's "
+             f"{params.steps()} training steps; promotion needs {params.metric} beyond the champion's "
              f"{params.fd_interval:.0%} bootstrap interval ({params.fd_bootstrap} resamples).",
              "", floor_note(rows, params),
              "", metrics_table(rows, params.metric), "", f"MLflow pipeline run: {_mlflow_link(rec, parent_run_id)}", ""]
@@ -143,31 +143,39 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
         base = configs[params.variants[0]]
         dataset = dataset_task(base, records)
         digests = data_digests(base, dataset["digest"])
-        classifier = classifier_task(base, records, digests["classifier"], parent_id)
-        advance()
+        # The classifier is needed only for scoring (and by the classifier encoder): it trains beside
+        # embedding, mining and training instead of before them.
+        classifier = classifier_task.submit(base, records, digests["classifier"], parent_id)
         groups = None
         if any(v != "baseline" for v in params.variants):
             embeddings = embed_task(base, records, digests["embed"], dataset, parent_id,
-                                    classifier if base.embed.encoder == "classifier" else None)
+                                    classifier.result() if base.embed.encoder == "classifier" else None)
             groups = mine_task(base, records, digests["mine"], embeddings, parent_id)
         advance(2)
         rows = []
         protocol = protocol_id(base, params.num_samples, digests["classifier"], params.reference_limit, params.metric,
                                params.fd_bootstrap, params.fd_interval)
+        # Each variant's train -> sample -> score chain is submitted at once: the chains run side by side
+        # (threads of this flow; training is a subprocess), as far as the pool's training slots allow
+        # (records.training_slots), so one variant samples while another still trains.
+        chains = []
         for variant, config in configs.items():
             tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
-            checkpoint = train_task(config, records, tdig, dataset, groups if variant != "baseline" else None,
-                                    parent_id, params.world_size)
-            advance()
+            checkpoint_f = train_task.submit(config, records, tdig, dataset, groups if variant != "baseline" else None,
+                                             parent_id, params.world_size)
             sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images, params.weights)
-            samples = sample_task(config, records, sdig, checkpoint, params.num_samples, parent_id, params.threads,
-                                  params.sample_batch_images, params.weights)
-            advance()
+            samples_f = sample_task.submit(config, records, sdig, checkpoint_f, params.num_samples, parent_id,
+                                           params.threads, params.sample_batch_images, params.weights)
             cdig = score_digest(sdig, digests["classifier"], params)
-            score = score_task(records, cdig, samples, classifier, params.reference_limit, parent_id,
-                               params.fd_bootstrap, params.fd_interval)
+            score_f = score_task.submit(records, cdig, samples_f, classifier, params.reference_limit, parent_id,
+                                        params.fd_bootstrap, params.fd_interval)
+            chains.append((variant, config, checkpoint_f, samples_f, score_f))
+        classifier = classifier.result()
+        advance()
+        for variant, config, checkpoint_f, samples_f, score_f in chains:
+            checkpoint, samples, score = checkpoint_f.result(), samples_f.result(), score_f.result()
             record_score(records, checkpoint, samples, score, protocol, params.metric)
-            advance()
+            advance(3)
             rows.append({"variant": variant, "config": config, "checkpoint": checkpoint, "samples": samples,
                          "score": score, "metrics": score["metrics"], "floor": score.get("floor"),
                          "weights": params.weights, "grid_key": samples.get("grid_key"),
@@ -197,6 +205,8 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
     out_rows = [{k: r[k] for k in ("variant", "metrics", "floor", "weights", "train_run_id")} | {
         "version": r.get("version"), "decision": r.get("decision"), "reason": r.get("reason"),
         "checkpoint": r["checkpoint"]["uri"],
-        "samples": r["samples"]["uri"], "grid_key": r.get("grid_key"), "score_json": r["score"]["path"]} for r in rows]
+        "samples": r["samples"]["uri"], "grid_key": r.get("grid_key"), "class_grid": r["samples"].get("class_grid"),
+        "score_json": r["score"]["path"]} for r in rows]
     return {"rows": out_rows, "protocol": protocol, "mlflow_run_id": parent_id, "records": records.model_dump(),
+            "flow_run_id": str(flow_run.get_id()),
             "metric": params.metric, "table": metrics_table(rows, params.metric), "floor_note": floor_note(rows, params)}

@@ -33,6 +33,9 @@ class RecordsConfig(Section):
     use_env: bool = Field(True, description="Fill empty locations from $GROUPDIFF_STORE_ROOT, $MLFLOW_TRACKING_URI and "
                           "$GROUPDIFF_CATALOGUE_URL (local stack / production); false = the embedded default.")
     work_pool: str = Field("local", min_length=1, max_length=128, description="Work pool name: the training concurrency limit is per pool.")
+    training_slots: int = Field(1, ge=1, le=64, description="Training runs at once in the work pool (the Prefect global "
+                                "concurrency limit 'training-<pool>', created with this value when missing). 1 on a "
+                                "shared pool; `groupdiff run` uses one per CPU core, up to the number of variants.")
 
     @classmethod
     def from_env(cls, out: str | None = None, **fields) -> "RecordsConfig":

@@ -1,7 +1,8 @@
 """Training subprocess entry: ``python -m flows.train_worker --config CONFIG.json --out RUN_DIR``.
 
 Like ``groupdiff.train.worker`` but rank 0 logs to the MLflow run the flow opened (``$MLFLOW_RUN_ID`` at
-``$MLFLOW_TRACKING_URI``) through :func:`registry.mlflow_tracker.make_tracker`; other ranks log nothing.
+``$MLFLOW_TRACKING_URI``) through :func:`registry.mlflow_tracker.make_tracker`, and to ``RUN_DIR/metrics.jsonl``
+(which the flow follows to print progress); other ranks log nothing.
 A watchdog thread ends the whole process group when the flow process that started it goes away
 (killed without a chance to clean up), so no training process outlives its flow run.
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 WATCH_INTERVAL_S = 1.0
+METRICS_FILE = "metrics.jsonl"  # rank 0's metric records, read by flows.training.ProgressTail
 ENV_PARENT = "GROUPDIFF_FLOW_PID"
 
 
@@ -43,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         _watch_parent(int(os.environ[ENV_PARENT]))
 
     from groupdiff.config import GroupDiffConfig
+    from groupdiff.tracking import JsonlTracker
+    from groupdiff.train.tracker import TeeTracker
     from groupdiff.train.trainer import NonFiniteLossError, train
-    from registry.mlflow_tracker import make_tracker
+    from registry.mlflow_tracker import make_tracker, rank_from_env
 
     config = GroupDiffConfig.model_validate(json.loads(Path(args.config).read_text()))
     tracker = make_tracker(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
+    if rank_from_env() == 0:  # and the run's metrics.jsonl, which the flow follows for console progress
+        tracker = TeeTracker(JsonlTracker(Path(args.out) / METRICS_FILE), tracker)
     try:
         result = train(config, args.out, tracker=tracker)
     except NonFiniteLossError as exc:

@@ -24,14 +24,13 @@ from prefect import get_run_logger, task
 
 from groupdiff.config import GroupDiffConfig
 
-from .common import stage_run, task_options
+from .common import console_echo, stage_run, task_options
 from .records import Records, RecordsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
 KILL_GRACE_S = 10.0
 CONCURRENCY_PREFIX = "training-"
-TRAINING_LIMIT = 1  # one training run per work pool (DESIGN 2.6)
 LEASE_S = 60.0  # the slot's lease, renewed while training runs: a killed flow frees the slot within a minute
 CHECKPOINT_FILES = ("model.safetensors", "weights.safetensors", "config.json", "trainer_state.json")
 
@@ -154,7 +153,9 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
     pid_file.write_text(json.dumps({"run_dir": str(run_dir)}))
     tail = None
     if echo is not None:
-        tail = ProgressTail(run_dir / "metrics.jsonl", config.train.variant, config.train.steps,
+        from .train_worker import METRICS_FILE
+
+        tail = ProgressTail(run_dir / METRICS_FILE, config.train.variant, config.train.steps,
                             config.train.global_batch_images, echo)
     try:
         while proc.poll() is None:
@@ -173,8 +174,9 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
         raise RuntimeError(f"training exited with code {proc.returncode} (log {log_path}):\n{tail}")
 
 
-def _ensure_limit(name: str) -> None:
-    """Create the global concurrency limit ``name`` (limit 1) if the Prefect API does not have it yet."""
+def _ensure_limit(name: str, slots: int) -> None:
+    """Create the global concurrency limit ``name`` (``slots`` at once) if the Prefect API does not have it yet;
+    an existing limit is left as it is (the pool's operator owns it)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -184,7 +186,7 @@ def _ensure_limit(name: str) -> None:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=TRAINING_LIMIT))
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
             except ObjectAlreadyExists:
                 pass
 
@@ -216,13 +218,13 @@ def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dat
             config = config.model_copy(update={"train": config.train.model_copy(update={"groups_path": groups["path"]})})
         run_dir = rec.work("train", run)
         limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
-        _ensure_limit(limit)
+        _ensure_limit(limit, rec.config.training_slots)
         with stage_run(rec, parent_run_id, f"train-{variant}", config.model_dump()) as run_id:
             env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
             pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
             with concurrency(limit, occupy=1, lease_duration=LEASE_S):
                 log.info("training %s (%d steps, world size %d) in %s", variant, step, world_size, run_dir)
-                run_training(config, run_dir, world_size, env, pids)
+                run_training(config, run_dir, world_size, env, pids, echo=console_echo(log))
             from groupdiff.train.checkpoint import find_latest
 
             latest = find_latest(run_dir)

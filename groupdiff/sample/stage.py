@@ -345,6 +345,30 @@ def save_group_grid(images: np.ndarray, group_size: int, num_groups: int, path: 
     return path
 
 
+def save_class_grid(images: np.ndarray, labels: np.ndarray, per_class: int, path: Path,
+                    min_pixels: int = 48) -> Path | None:
+    """PNG with one row per class (in class order): the first ``per_class`` samples conditioned on it,
+    enlarged by an integer factor (nearest neighbour, no smoothing) to at least ``min_pixels`` a side, so a
+    16 px sample can be looked at. Rows of a class with fewer samples are left short. None if nothing to show."""
+    if per_class <= 0 or len(images) == 0:
+        return None
+    from torchvision.utils import save_image
+
+    classes = np.unique(labels)
+    rows = [np.flatnonzero(labels == c)[:per_class] for c in classes]
+    h = images.shape[1]
+    scale = max(1, -(-min_pixels // h))
+    blank = np.zeros_like(images[0])
+    tiles = [images[i] if j < len(row) else blank for row in rows for j, i in enumerate(list(row) + [-1] * (per_class - len(row)))]
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    save_image(x, tmp, nrow=per_class, padding=2, pad_value=0.5)
+    tmp.replace(path)
+    return path
+
+
 def _write_record(out: Path, stage: SampleStageConfig, config: GroupDiffConfig, result: SampleResult, seconds: float) -> None:
     record = {
         "weights": stage.weights, "stage": stage.model_dump(), "config": config.model_dump(),

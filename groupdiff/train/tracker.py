@@ -15,7 +15,7 @@ from ..tracking import JsonlTracker, Tracker
 TRACKER_ENV = "GROUPDIFF_TRACKER"
 
 
-class _Tee:
+class TeeTracker:
     """Sends every call to several trackers (the run's JSONL file and a plugged-in one)."""
 
     def __init__(self, *trackers: Tracker):
@@ -55,4 +55,4 @@ def default_tracker(run_dir: Path) -> Tracker:
     except Exception:
         jsonl.close()
         raise
-    return _Tee(jsonl, plugged)
+    return TeeTracker(jsonl, plugged)

@@ -41,7 +41,7 @@ def test_train_digest_ignores_guidance_but_not_training_settings():
     base = PipelineParams()
     cfg = base.config("groupdiff-l")
     other_cfg = PipelineParams(cfg_scale=3.0, sampler="sde-euler").config("groupdiff-l")
-    more_steps = PipelineParams(train_steps=base.train_steps + 1).config("groupdiff-l")
+    more_steps = PipelineParams(train_steps=base.steps() + 1).config("groupdiff-l")
     assert train_digest(cfg, "d", "g") == train_digest(other_cfg, "d", "g")
     assert train_digest(cfg, "d", "g") != train_digest(more_steps, "d", "g")
     assert train_digest(cfg, "d", "g") != train_digest(cfg, "d2", "g")  # new data, new run
