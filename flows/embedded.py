@@ -90,11 +90,13 @@ def summary(result: dict, params, out: Path, seconds: float, times: list[tuple[s
             grids: list[Path] | None = None) -> str:
     """The text printed at the end of ``groupdiff run``."""
     records = result["records"]
+    base = params.config(params.variants[0])  # the evaluation protocol as resolved (preset + settings)
     champion = next((r for r in result["rows"] if r.get("decision") == "promoted"), None)
     lines = [
         "", "=" * 78, f"GroupDiff pipeline finished in {seconds / 60:.1f} min (measured, this machine)", "=" * 78, "",
         f"Metrics as measured ({params.num_samples} samples per model, {params.steps()} training steps, "
-        f"sampler {params.sampler} x {params.sampling_steps} steps, cfg {params.cfg_scale}, {params.weights} weights; "
+        f"sampler {base.sampler.method} x {base.sampler.num_steps} steps, cfg {base.guidance.cfg_scale}, "
+        f"{params.weights} weights; "
         "lower fd / higher is, precision, recall, class_agreement are better):",
         "", result["table"], "", result.get("floor_note", ""), "", verdict(result["rows"], result["metric"]), "",
     ]

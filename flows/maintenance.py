@@ -106,8 +106,7 @@ def evaluate_model(params: EvaluateParams = EvaluateParams(), records: RecordsCo
     stored = json.loads((folder / "config.json").read_text())
     weights = params.weights or tags.get(WEIGHTS_TAG) or "ema"
     config = GroupDiffConfig.model_validate(apply_overrides(stored, {
-        "sampler.method": params.sampler, "sampler.num_steps": params.sampling_steps, "sampler.seed": params.seed,
-        "guidance.cfg_scale": params.cfg_scale, **params.classifier_overrides()}))
+        **params.protocol_overrides(), "sampler.seed": params.seed, **params.classifier_overrides()}))
     groups = 10 * config.guidance.group_size
     if params.num_samples % groups:
         raise ValueError(f"num_samples={params.num_samples} must be a multiple of 10 x group size "

@@ -29,10 +29,13 @@ class EvalProtocolParams(Section):
     """How trained models are sampled and scored: shared by the pipeline and evaluate-model, so that a
     registered version is re-evaluated under exactly the protocol that promoted it."""
 
-    sampler: Sampler = Field("ode-heun", description="Integrator for evaluation samples.")
-    sampling_steps: int = Field(12, ge=1, le=10_000, description="Integration steps per sample.")
+    sampler: Sampler | None = Field(None, description="Integrator for evaluation samples (empty = the preset's "
+                                    "sampler.method; evaluate-model: the registered version's).")
+    sampling_steps: int | None = Field(None, ge=1, le=10_000, description="Integration steps per sample (empty = the "
+                                       "preset's sampler.num_steps; evaluate-model: the registered version's).")
     sample_batch_images: int = Field(200, ge=1, le=65_536, description="Images per sampling network batch (rounded down to whole groups; the same in every evaluation, for identical noise).")
-    cfg_scale: float = Field(1.5, ge=0.0, le=50.0, description="Guidance scale used for evaluation (1 = none).")
+    cfg_scale: float | None = Field(None, ge=0.0, le=50.0, description="Guidance scale used for evaluation (1 = none; "
+                                    "empty = the preset's guidance.cfg_scale; evaluate-model: the registered version's).")
     num_samples: int = Field(400, ge=10, le=10_000_000, description="Generated images per evaluation (a multiple of 10 x group_size).")
     reference_limit: int = Field(2000, ge=1, le=FMNIST_TEST_IMAGES - 1, description="Reference test images for fd_fmnist (the first N "
                                  "of the 10k); the real-data floor takes num_samples held-out test images after them.")
@@ -55,6 +58,13 @@ class EvalProtocolParams(Section):
                 f"{FMNIST_TEST_IMAGES} test images: the real-data floor needs num_samples held-out images after the reference"
             )
         return self
+
+    def protocol_overrides(self) -> dict[str, object]:
+        """Sampler and guidance settings given here; empty fields leave the preset's (or the stored config's)
+        values, so each preset says which evaluation protocol it uses and a default lives in one place."""
+        given = {"sampler.method": self.sampler, "sampler.num_steps": self.sampling_steps,
+                 "guidance.cfg_scale": self.cfg_scale}
+        return {k: v for k, v in given.items() if v is not None}
 
     def classifier_overrides(self) -> dict[str, int]:
         """``embed.classifier.*`` settings given here (None fields leave the preset's values)."""
@@ -122,8 +132,8 @@ class PipelineParams(EvalProtocolParams):
             "train.global_batch_images": self.batch_images, "train.seed": self.seed,
             "train.checkpoint_every": steps, "train.keep_last": 1, "train.num_threads": self.threads,
             "train.init_from": self.init_from, "train.probe_every": self.probe_every,
-            "sampler.method": self.sampler, "sampler.num_steps": self.sampling_steps, "sampler.seed": self.seed,
-            "guidance.mode": mode, "guidance.group_size": n, "guidance.cfg_scale": self.cfg_scale,
+            **self.protocol_overrides(), "sampler.seed": self.seed,
+            "guidance.mode": mode, "guidance.group_size": n,
         }
         try:
             return load_preset(self.preset, [*(f"{k}={v}" for k, v in settings.items()), *self.overrides])

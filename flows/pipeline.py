@@ -161,14 +161,16 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
         chains = []
         for variant, config in configs.items():
             tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
-            checkpoint_f = train_task.submit(config, records, tdig, dataset, groups if variant != "baseline" else None,
-                                             parent_id, params.world_size)
+            checkpoint_f = train_task.with_options(task_run_name=f"train-{variant}").submit(
+                config, records, tdig, dataset, groups if variant != "baseline" else None, parent_id, params.world_size)
             sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images, params.weights)
-            samples_f = sample_task.submit(config, records, sdig, checkpoint_f, params.num_samples, parent_id,
-                                           params.threads, params.sample_batch_images, params.weights)
+            samples_f = sample_task.with_options(task_run_name=f"sample-{variant}").submit(
+                config, records, sdig, checkpoint_f, params.num_samples, parent_id, params.threads,
+                params.sample_batch_images, params.weights)
             cdig = score_digest(sdig, digests["classifier"], params)
-            score_f = score_task.submit(records, cdig, samples_f, classifier, params.reference_limit, parent_id,
-                                        params.fd_bootstrap, params.fd_interval)
+            score_f = score_task.with_options(task_run_name=f"score-{variant}").submit(
+                records, cdig, samples_f, classifier, params.reference_limit, parent_id, params.fd_bootstrap,
+                params.fd_interval)
             chains.append((variant, config, checkpoint_f, samples_f, score_f))
         classifier = classifier.result()
         advance()

@@ -119,7 +119,9 @@ def test_deployment_parameters_render_as_a_form():
     assert all(field.get("description") for field in schema.values())
     assert schema["encoder"]["enum"] == ["pixels", "classifier", "clip", "dinov2"]
     assert schema["grouping_mode"]["enum"] == ["similarity", "class", "random"]
-    assert schema["sampler"]["enum"] == ["ode-euler", "ode-heun", "sde-euler"]
+    # optional (empty = the preset's): an enum or null, which the form renders as a choice that may stay empty
+    choices = [option.get("enum") for option in schema["sampler"]["anyOf"]]
+    assert ["ode-euler", "ode-heun", "sde-euler"] in choices and {"type": "null"} in schema["sampler"]["anyOf"]
     assert schema["variants"]["items"]["enum"] == ["baseline", "groupdiff-l", "groupdiff-f"]
     assert (schema["group_size"]["minimum"], schema["group_size"]["maximum"]) == (2, 16)
     assert (schema["threshold"]["minimum"], schema["threshold"]["maximum"]) == (-1.0, 1.0)
@@ -150,3 +152,31 @@ def test_score_digest_and_protocol_follow_the_bootstrap_and_the_table_shows_the_
              "floor": {"fd_fmnist": 2.5, "class_agreement": 0.93}}]
     table = metrics_table(rows, "fd_fmnist")
     assert "| baseline | ema | 0.5 | 30 |" in table and "| real-data floor | real | 0.93 | 2.5 |" in table
+
+
+def test_evaluation_protocol_defaults_come_from_the_preset(tmp_path):
+    """Sampler, steps and cfg are the preset's unless given: one source for run, sample and evaluate-model."""
+    from importlib.resources import files
+
+    import yaml
+
+    from groupdiff.config import load_preset
+
+    preset = load_preset("tiny-fmnist")
+    cfg = PipelineParams().config("baseline")
+    assert (cfg.sampler.method, cfg.sampler.num_steps, cfg.guidance.cfg_scale) == \
+        (preset.sampler.method, preset.sampler.num_steps, preset.guidance.cfg_scale)
+    assert PipelineParams().steps() == preset.train.steps
+    other = yaml.safe_load((files("groupdiff") / "presets" / "tiny-fmnist.yaml").read_text())
+    other["sampler"].update(method="sde-euler", num_steps=40)
+    other["guidance"]["cfg_scale"] = 2.5
+    other["train"]["steps"] = 77
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    cfg = PipelineParams(preset=str(path)).config("baseline")
+    assert (cfg.sampler.method, cfg.sampler.num_steps, cfg.guidance.cfg_scale, cfg.train.steps) == \
+        ("sde-euler", 40, 2.5, 77)
+    given = PipelineParams(preset=str(path), sampler="ode-euler", sampling_steps=5, cfg_scale=1.0,
+                           train_steps=9).config("baseline")
+    assert (given.sampler.method, given.sampler.num_steps, given.guidance.cfg_scale, given.train.steps) == \
+        ("ode-euler", 5, 1.0, 9)
