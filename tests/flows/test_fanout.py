@@ -91,7 +91,8 @@ def test_sample_two_workers_equal_one_worker_and_the_stage(sample_one_worker, tm
     merged = read_samples_npz(Path(one.out) / "cfg1.5" / "samples.npz")
     assert (tmp_path / "direct" / "cfg1.5" / "samples.npz").read_bytes() == \
            (Path(one.out) / "cfg1.5" / "samples.npz").read_bytes()
-    assert direct.npz and merged.images.shape == (40, 32, 32, 1) and np.isfinite(merged.extras["s_cross"]).all()
+    size = config.data.image_size
+    assert direct.npz and merged.images.shape == (40, size, size, 1) and np.isfinite(merged.extras["s_cross"]).all()
     assert np.bincount(merged.labels, minlength=10).tolist() == [4] * 10  # class balanced
 
 

@@ -10,7 +10,7 @@ TINY = [
     "model.name=custom", "model.depth=2", "model.hidden_size=64", "model.num_heads=4", "model.patch_size=4",
     "model.input_size=16", "model.max_group_size=8", "data.image_size=16", "data.limit=256",
     "train.global_batch_images=32", "train.steps=4", "train.log_every=1", "train.checkpoint_every=2",
-    "train.keep_last=2", "train.probe_every=0", "train.lr=0.001", "train.ema_decay=0.9", "train.num_threads=1",
+    "train.keep_last=2", "train.probe_every=0", "train.lr=0.001", "train.warmup_steps=0", "train.ema_decay=0.9", "train.num_threads=1",
 ]
 
 
