@@ -129,6 +129,21 @@ def summary(result: dict, params, out: Path, seconds: float, times: list[tuple[s
     return "\n".join(lines)
 
 
+def embedded_records(out: Path, training_slots: int = 1):
+    """Set this process up for the embedded default under ``out`` (Prefect's ephemeral API with its home in
+    ``<out>/prefect``, the environment's MLflow settings dropped) and return its RecordsConfig."""
+    from .records import RecordsConfig
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the embedded MLflow, not a server of the environment
+        os.environ.pop(name, None)
+    return RecordsConfig(out=str(out), use_env=False, training_slots=training_slots)
+
+
 def run_embedded(preset: str, overrides: list[str], out: str | Path) -> int:
     """Run the pipeline flow with the embedded records under ``out`` and print the summary."""
     out = Path(out).resolve()
@@ -137,18 +152,11 @@ def run_embedded(preset: str, overrides: list[str], out: str | Path) -> int:
 
     params = PipelineParams(preset=preset, overrides=preset_overrides, **settings)
     params.validate_configs()  # bad settings fail before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(out / "prefect"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):  # the embedded MLflow, not a server of the environment
-        os.environ.pop(name, None)
     from .pipeline import pipeline
-    from .records import RecordsConfig
 
     # one training slot per core: the variants train side by side with params.threads threads each
     slots = max(1, min(len(params.variants), (os.cpu_count() or 1) // max(1, params.threads)))
-    records = RecordsConfig(out=str(out), use_env=False, training_slots=slots)
+    records = embedded_records(out, slots)
     started = time.perf_counter()
     result = pipeline(params=params, records=records)
     seconds = time.perf_counter() - started

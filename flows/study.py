@@ -75,7 +75,9 @@ def study(params: StudyParams = StudyParams(), records: RecordsConfig | None = N
         arm = p.variants[0] if p.variants == ["baseline"] else f"{p.variants[0]} N={p.group_size} {p.grouping_mode}"
         for row in result["rows"]:
             rows.append({"arm": arm, "cfg_scale": p.cfg_scale, "group_size": p.group_size, "metrics": row["metrics"],
-                         "floor": row.get("floor") or {}, "score_json": row.get("score_json")})
+                         "floor": row.get("floor") or {}, "score_json": row.get("score_json"),
+                         "grouping_mode": p.grouping_mode, "seed": p.seed, "train_run_id": row.get("train_run_id"),
+                         "checkpoint": row.get("checkpoint"), "class_grid": row.get("class_grid")})
     out = rec.work("study", Path(records.out).name)
     report = build_report([r["score_json"] for r in rows if r.get("score_json")], out / "report", "GroupDiff study")
     plot = plot_metric_vs_cfg(rows, metric, out / "report" / f"{metric}_vs_cfg.png")
