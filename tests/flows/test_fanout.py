@@ -19,8 +19,10 @@ from groupdiff.sample.stage import SampleStageConfig
 
 pytestmark = pytest.mark.integration  # Prefect's temporary API server and Dask worker processes
 
-SAMPLE_OVERRIDES = ["sampler.num_steps=6", "sampler.method=ode-euler", "guidance.mode=groupdiff-l",
-                    "guidance.group_size=2", "guidance.cfg_scale=1.5"]
+# 32 px / patch 4 (64 tokens), not the preset's 16 px: a shard must take long enough (~1 s) for the kill test
+# to catch a worker inside it; at 16 tokens shards finished before the killer could see one running.
+SAMPLE_OVERRIDES = ["model.input_size=32", "data.image_size=32", "sampler.num_steps=6", "sampler.method=ode-euler",
+                    "guidance.mode=groupdiff-l", "guidance.group_size=2", "guidance.cfg_scale=1.5"]
 SAMPLE = SampleStageConfig(out_dir=".", num_samples=40, batch_groups=2, batches_per_shard=2, grid_groups=2)
 
 
