@@ -272,6 +272,12 @@ def plots(result: dict, out: Path) -> list[str]:
     arms, floor, settings = result["arms"], result["floor"], result["settings"]
     written = []
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+
     def refs(ax) -> None:
         base = arms["baseline"][FD]
         ax.axhline(base["mean"], color="k", label=f"baseline (+{settings['s_prime']} steps)")
@@ -296,10 +302,7 @@ def plots(result: dict, out: Path) -> list[str]:
     ax.set_ylabel(f"{FD} (lower is better)")
     ax.set_title("fd vs N" + (" [smoke]" if settings["smoke"] else ""))
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fd_vs_n.png", dpi=100)
-    plt.close(fig)
-    written.append("fd_vs_n.png")
+    save(fig, "fd_vs_n.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     modes = ("similarity", "class", "random")
@@ -311,10 +314,7 @@ def plots(result: dict, out: Path) -> list[str]:
     ax.set_ylabel(f"{FD} (lower is better)")
     ax.set_title(f"GroupDiff-l N={GROUPING_N} by grouping" + (" [smoke]" if settings["smoke"] else ""))
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "fd_by_grouping.png", dpi=100)
-    plt.close(fig)
-    written.append("fd_by_grouping.png")
+    save(fig, "fd_by_grouping.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in (r for r in result["runs"] if r["arm"] != "baseline"):
@@ -328,10 +328,7 @@ def plots(result: dict, out: Path) -> list[str]:
     ax.set_xlabel("S_cross (mean cross-sample attention of the samples)")
     ax.set_ylabel(FD)
     ax.set_title(f"S_cross vs fd: r = {r:.2f}" + (" [smoke]" if settings["smoke"] else ""))
-    fig.tight_layout()
-    fig.savefig(out / "s_cross_vs_fd.png", dpi=100)
-    plt.close(fig)
-    written.append("s_cross_vs_fd.png")
+    save(fig, "s_cross_vs_fd.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for run in result["runs"]:
@@ -347,10 +344,7 @@ def plots(result: dict, out: Path) -> list[str]:
     axes[1].axhline(1.0, color="k", lw=0.5)
     axes[0].legend(fontsize=6)
     fig.suptitle("group-benefit probe" + (" [smoke]" if settings["smoke"] else ""))
-    fig.tight_layout()
-    fig.savefig(out / "probe.png", dpi=100)
-    plt.close(fig)
-    written.append("probe.png")
+    save(fig, "probe.png")
     return written
 
 

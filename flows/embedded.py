@@ -104,15 +104,15 @@ def summary(result: dict, params, out: Path, seconds: float, times: list[tuple[s
         lines.append(f"Registered model '{params.model_name}' version {champion['version']} ({champion['variant']}) "
                      "now has the alias 'champion'.")
         lines.append(champion_line(champion, result["metric"]))
+    else:
+        lines.append(f"No version was promoted: none beat the existing champion of '{params.model_name}' beyond its "
+                     f"{params.fd_interval:.0%} bootstrap interval of {result['metric']} under the same protocol.")
     if grids:
         lines += ["", "Sample grids (one row per class: T-shirt, trouser, pullover, dress, coat, sandal, shirt, "
                   "sneaker, bag, ankle boot): " + ", ".join(str(g) for g in grids)]
     if times:
         lines += ["", "Wall time per stage (stages run side by side where they can):"]
         lines += [f"  {name:<40} {secs:7.1f} s" for name, secs in times]
-    else:
-        lines.append(f"No version was promoted: none beat the existing champion of '{params.model_name}' beyond its "
-                     f"{params.fd_interval:.0%} bootstrap interval of {result['metric']} under the same protocol.")
     mlflow_uri = records["mlflow_uri"]
     lines += [
         "", "Where to look:",

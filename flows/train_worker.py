@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 WATCH_INTERVAL_S = 1.0
-METRICS_FILE = "metrics.jsonl"  # rank 0's metric records, read by flows.training.ProgressTail
 ENV_PARENT = "GROUPDIFF_FLOW_PID"
 
 
@@ -45,15 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         _watch_parent(int(os.environ[ENV_PARENT]))
 
     from groupdiff.config import GroupDiffConfig
-    from groupdiff.tracking import JsonlTracker
-    from groupdiff.train.tracker import TeeTracker
+    from groupdiff.train.tracker import default_tracker
     from groupdiff.train.trainer import NonFiniteLossError, train
     from registry.mlflow_tracker import make_tracker, rank_from_env
 
     config = GroupDiffConfig.model_validate(json.loads(Path(args.config).read_text()))
     tracker = make_tracker(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))
     if rank_from_env() == 0:  # and the run's metrics.jsonl, which the flow follows for console progress
-        tracker = TeeTracker(JsonlTracker(Path(args.out) / METRICS_FILE), tracker)
+        tracker = default_tracker(Path(args.out), tracker)
     try:
         result = train(config, args.out, tracker=tracker)
     except NonFiniteLossError as exc:

@@ -95,7 +95,6 @@ class ProgressTail:
                  echo: Callable[[str], None] = print):
         self.path, self.label, self.total, self.batch, self.echo = metrics_path, label, total_steps, batch_images, echo
         self.offset = 0
-        self.started = time.monotonic()
         self.first: tuple[int, float] | None = None  # (step, time) of the first record seen: ETA excludes start-up
 
     def poll(self) -> None:
@@ -151,19 +150,19 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     pid_file = pids / str(proc.pid)
     pid_file.write_text(json.dumps({"run_dir": str(run_dir)}))
-    tail = None
+    progress = None
     if echo is not None:
-        from .train_worker import METRICS_FILE
+        from groupdiff.train.tracker import METRICS_FILE
 
-        tail = ProgressTail(run_dir / METRICS_FILE, config.train.variant, config.train.steps,
-                            config.train.global_batch_images, echo)
+        progress = ProgressTail(run_dir / METRICS_FILE, config.train.variant, config.train.steps,
+                                config.train.global_batch_images, echo)
     try:
         while proc.poll() is None:
             time.sleep(POLL_S)
-            if tail is not None:
-                tail.poll()
-        if tail is not None:
-            tail.poll()
+            if progress is not None:
+                progress.poll()
+        if progress is not None:
+            progress.poll()
     finally:
         if proc.poll() is None:
             kill_group(proc.pid, leader=proc)

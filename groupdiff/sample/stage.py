@@ -334,13 +334,18 @@ def save_group_grid(images: np.ndarray, group_size: int, num_groups: int, path: 
     """PNG of the first ``num_groups`` groups, one group per row (baseline: 8 images per row)."""
     if num_groups == 0:
         return None
-    from torchvision.utils import save_image
-
     count = min(len(images), num_groups * group_size)
     x = torch.from_numpy(images[:count]).permute(0, 3, 1, 2).float() / 255.0
+    return _save_png(x, path, nrow=group_size if group_size > 1 else 8, padding=1)
+
+
+def _save_png(x: torch.Tensor, path: Path, **grid) -> Path:
+    """``torchvision.utils.save_image(x, **grid)`` to a temp name, renamed to ``path`` when complete."""
+    from torchvision.utils import save_image
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image(x, tmp, nrow=group_size if group_size > 1 else 8, padding=1)
+    save_image(x, tmp, **grid)
     tmp.replace(path)
     return path
 
@@ -349,24 +354,18 @@ def save_class_grid(images: np.ndarray, labels: np.ndarray, per_class: int, path
                     min_pixels: int = 48) -> Path | None:
     """PNG with one row per class (in class order): the first ``per_class`` samples conditioned on it,
     enlarged by an integer factor (nearest neighbour, no smoothing) to at least ``min_pixels`` a side, so a
-    16 px sample can be looked at. Rows of a class with fewer samples are left short. None if nothing to show."""
+    16 px sample can be looked at. A class with fewer samples is padded with black tiles. None if nothing to show."""
     if per_class <= 0 or len(images) == 0:
         return None
-    from torchvision.utils import save_image
-
     classes = np.unique(labels)
     rows = [np.flatnonzero(labels == c)[:per_class] for c in classes]
     h = images.shape[1]
     scale = max(1, -(-min_pixels // h))
     blank = np.zeros_like(images[0])
-    tiles = [images[i] if j < len(row) else blank for row in rows for j, i in enumerate(list(row) + [-1] * (per_class - len(row)))]
+    tiles = [images[row[j]] if j < len(row) else blank for row in rows for j in range(per_class)]
     x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255.0
     x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image(x, tmp, nrow=per_class, padding=2, pad_value=0.5)
-    tmp.replace(path)
-    return path
+    return _save_png(x, path, nrow=per_class, padding=2, pad_value=0.5)
 
 
 def _write_record(out: Path, stage: SampleStageConfig, config: GroupDiffConfig, result: SampleResult, seconds: float) -> None:

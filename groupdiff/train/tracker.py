@@ -13,6 +13,7 @@ from pathlib import Path
 from ..tracking import JsonlTracker, Tracker
 
 TRACKER_ENV = "GROUPDIFF_TRACKER"
+METRICS_FILE = "metrics.jsonl"  # rank 0's metric records in the run folder (flows follow it for progress)
 
 
 class TeeTracker:
@@ -38,13 +39,15 @@ class TeeTracker:
             tr.close()
 
 
-def default_tracker(run_dir: Path) -> Tracker:
-    """``<run>/metrics.jsonl``, plus the tracker ``$GROUPDIFF_TRACKER`` names (how ``registry/`` plugs MLflow
-    into launched ranks without ``groupdiff`` importing it)."""
-    jsonl = JsonlTracker(run_dir / "metrics.jsonl")
+def default_tracker(run_dir: Path, extra: Tracker | None = None) -> Tracker:
+    """``<run>/metrics.jsonl`` (:data:`METRICS_FILE`), plus the tracker ``$GROUPDIFF_TRACKER`` names (how
+    ``registry/`` plugs MLflow into launched ranks without ``groupdiff`` importing it), plus ``extra`` if given
+    (a caller's own tracker, e.g. the flows' MLflow run)."""
+    jsonl = JsonlTracker(run_dir / METRICS_FILE)
+    others = [extra] if extra is not None else []
     spec = os.environ.get(TRACKER_ENV, "")
     if not spec:
-        return jsonl
+        return TeeTracker(jsonl, *others) if others else jsonl
     try:
         module, _, name = spec.partition(":")
         if not module or not name:
@@ -55,4 +58,4 @@ def default_tracker(run_dir: Path) -> Tracker:
     except Exception:
         jsonl.close()
         raise
-    return TeeTracker(jsonl, plugged)
+    return TeeTracker(jsonl, plugged, *others)

@@ -180,3 +180,22 @@ def test_evaluation_protocol_defaults_come_from_the_preset(tmp_path):
                            train_steps=9).config("baseline")
     assert (given.sampler.method, given.sampler.num_steps, given.guidance.cfg_scale, given.train.steps) == \
         ("ode-euler", 5, 1.0, 9)
+
+
+def test_summary_says_when_nothing_was_promoted_whatever_else_it_shows(tmp_path):
+    from flows.embedded import summary
+
+    params = PipelineParams()
+    records = {"mlflow_uri": "sqlite:///m.db", "store_root": "file:///s", "catalogue_url": "sqlite:///c.db"}
+    metrics = {"fd_fmnist": 12.0, "class_agreement": 0.9}
+    row = {"variant": "baseline", "metrics": metrics, "floor": {"fd_fmnist": 3.0, "class_agreement": 0.91}}
+    result = {"records": records, "rows": [dict(row, decision="rejected")], "metric": "fd_fmnist", "table": "T"}
+    times = [("train-baseline", 12.5)]
+    for given in (None, times):
+        text = summary(result, params, tmp_path, 60.0, given, [tmp_path / "grids" / "baseline.png"])
+        assert "No version was promoted" in text and "Champion (" not in text
+        assert ("train-baseline" in text) == (given is not None) and "grids/baseline.png" in text
+    promoted = dict(result, rows=[dict(row, decision="promoted", version="1")])
+    text = summary(promoted, params, tmp_path, 60.0, times)
+    assert "No version was promoted" not in text and "train-baseline" in text
+    assert "Champion (baseline): class_agreement 0.900 (real data 0.910), fd_fmnist 12 vs real-data floor 3 (4.0x" in text

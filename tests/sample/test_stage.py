@@ -237,3 +237,22 @@ def test_weights_mismatch_and_missing_file_are_refused(checkpoint, ema_and_raw_c
         load_model_and_config(checkpoint, weights="raw")
     with pytest.raises(ValueError, match="weights='best'"):
         load_model_and_config(checkpoint, weights="best")
+
+
+def test_class_grid_is_one_row_per_class_enlarged_and_padded(tmp_path):
+    from PIL import Image
+
+    from groupdiff.sample.stage import save_class_grid
+
+    # 3 classes of 8x8 images whose pixel value is 40 * class + 10 * index within the class; class 2 has 1 image
+    labels = np.array([0, 1, 0, 1, 2, 0])
+    images = np.zeros((6, 8, 8, 1), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i] = 40 * c + 10 * int((labels[:i] == c).sum())
+    path = save_class_grid(images, labels, per_class=2, path=tmp_path / "classes.png", min_pixels=20)
+    grid = np.asarray(Image.open(path).convert("L"))
+    tile, pad = 24, 2  # 8 px enlarged 3x (the smallest integer factor reaching 20 px), 2 px padding
+    assert grid.shape == (3 * (tile + pad) + pad, 2 * (tile + pad) + pad)
+    value = lambda r, c: grid[pad + r * (tile + pad) + tile // 2, pad + c * (tile + pad) + tile // 2]  # noqa: E731
+    assert [[value(r, c) for c in range(2)] for r in range(3)] == [[0, 10], [40, 50], [80, 0]]  # class 2 padded
+    assert save_class_grid(images, labels, 0, tmp_path / "none.png") is None
