@@ -81,7 +81,7 @@ def training_command(config_path: Path, run_dir: Path, world_size: int) -> list[
     worker = ["-m", "flows.train_worker", "--config", str(config_path), "--out", str(run_dir)]
     if world_size == 1:
         return [sys.executable, *worker]
-    from groupdiff.train.launch import free_port
+    from groupdiff.ports import free_port
 
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(world_size),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *worker]

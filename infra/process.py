@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-HOST = "127.0.0.1"
+from groupdiff.ports import HOST, free_port, free_ports  # noqa: F401  (free_port(s) re-exported for callers of infra)
+
 POLL_S = 0.25
 
 
@@ -52,26 +53,6 @@ def port_in_use(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """``count`` distinct TCP ports that are free right now on ``host`` (held together while picked, so no
-    two are the same)."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
