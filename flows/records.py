@@ -75,7 +75,7 @@ class Records:
 
     @cached_property
     def store(self):
-        from registry.objectstore import open_store
+        from registry.stores import open_store
 
         return open_store(self.config.store_root)
 

@@ -1,6 +1,8 @@
-"""The ``groupdiff`` command: one subcommand per stage.
+"""The library's command line: one subcommand per library stage (``python -m groupdiff.cli``).
 
-Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parser and
+The ``groupdiff`` console script is :mod:`infra.cli`, which adds the platform commands (``run``, ``up``,
+``down``, ``status``, ``check``) on top of these; this module never imports them (the library sits below the
+orchestration and service layers). Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parser and
 sets ``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
 Modules are imported lazily so ``groupdiff --help`` stays fast.
 """
@@ -12,7 +14,6 @@ import sys
 
 COMMAND_MODULES = [
     "groupdiff.commands.models",
-    "groupdiff.commands.stack",
     "groupdiff.commands.train",
     "groupdiff.commands.demo",
     "groupdiff.commands.sample",
@@ -22,15 +23,14 @@ COMMAND_MODULES = [
     "groupdiff.commands.mine",
     "groupdiff.commands.train_classifier",
     "groupdiff.commands.encode_latents",
-    "groupdiff.commands.run",
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every registered subcommand."""
+def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with the subcommands of ``modules`` (default: the library's ``COMMAND_MODULES``)."""
     parser = argparse.ArgumentParser(prog="groupdiff", description="Group Diffusion: train, sample and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if modules is None else modules:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -44,9 +44,10 @@ def add_preset_arguments(parser: argparse.ArgumentParser, default: str = "tiny-f
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``groupdiff`` console script."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, modules: list[str] | None = None) -> int:
+    """Parse ``argv`` against ``modules``' subcommands and run the chosen one; a bad value is one error line
+    (exit 2), not a traceback."""
+    args = build_parser(modules).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -352,7 +352,7 @@ def check(store: ObjectStore, catalogue_session=None, mlflow_uri: str | None = N
 def run(config: CheckConfig) -> Report:
     """Open the records of ``config`` (resolved) and :func:`check` them."""
     from .catalogue.db import open_session
-    from .objectstore import open_store
+    from .stores import open_store
 
     config = config.resolved()
     store = open_store(config.store_root)

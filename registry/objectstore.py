@@ -4,6 +4,7 @@ Every write is atomic (data goes to a temporary key and becomes visible under it
 complete), every object carries its sha256, and every read verifies size and checksum. Keys are relative
 to the store root and follow the layout of :mod:`registry.layout`.
 
+>>> from registry.stores import open_store           # doctest: +SKIP
 >>> store = open_store("file:///tmp/store")          # doctest: +SKIP
 >>> info = store.put_file("weights/sit.pt", "sit.pt")  # doctest: +SKIP
 >>> store.get_file("weights/sit.pt", "copy.pt")        # doctest: +SKIP
@@ -11,14 +12,13 @@ to the store root and follow the layout of :mod:`registry.layout`.
 from __future__ import annotations
 
 import hashlib
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .config import ENV_STORE_ROOT, MIB, ObjectStoreConfig
-from .uri import check_key, parse_uri
+from .config import MIB, ObjectStoreConfig
+from .uri import check_key
 
 # In-flight uploads live under this first key part. Every first key part starting with '.' is reserved
 # for the store's own bookkeeping: never listed, never accepted as a user key.
@@ -182,21 +182,3 @@ class ObjectStore(ABC):
         """Download every object under ``prefix`` into ``folder`` (verifying each)."""
         prefix = prefix.rstrip("/")
         return [self.get_file(k, Path(folder) / k[len(prefix) + 1:]) for k in self.list(prefix)]
-
-
-def open_store(root: str | None = None, config: ObjectStoreConfig | None = None) -> ObjectStore:
-    """Open the store at ``root``, else ``config.root``, else ``$GROUPDIFF_STORE_ROOT``, else the default
-    folder: ``file://`` -> local folder, ``s3://`` -> S3/MinIO."""
-    if root is None and config is None:
-        root = os.environ.get(ENV_STORE_ROOT)
-    config = config or ObjectStoreConfig()
-    parsed = parse_uri(root or config.root)
-    if parsed.scheme == "file":
-        from .store_file import FileStore
-
-        store = FileStore(parsed.path)
-        store.progress_min_bytes = config.progress_min_mib * MIB
-        return store
-    from .store_s3 import S3Store
-
-    return S3Store(parsed.bucket, parsed.prefix, config)

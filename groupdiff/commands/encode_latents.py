@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_preset
-    from ..data.latents import run_encode_latents
+    from ..data.encode_stage import run_encode_latents
 
     config = load_preset(args.preset, args.overrides)
     result = run_encode_latents(config, args.out, args.rank, args.world_size)

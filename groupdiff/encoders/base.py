@@ -1,4 +1,4 @@
-"""Encoder interface and :func:`build_encoder`.
+"""Encoder interface and the transforms every encoder shares (:func:`~groupdiff.encoders.factory.build_encoder` builds one).
 
 An encoder maps a batch of images ``(B, C, H, W)`` in [-1, 1] to features ``(B, D)``; the embedding
 stage L2-normalises them. Every encoder owns its preprocessing (channel repeat, resize, normalisation)
@@ -58,25 +58,3 @@ def resize_normalise(images: torch.Tensor, size, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return (images - mean) / std
-
-
-def build_encoder(config, device: str | torch.device = "cpu", fit_images=None) -> Encoder:
-    """The encoder ``config`` (an EmbedConfig) names; ``fit_images`` (a callable returning a tensor) feeds PCA."""
-    if config.encoder == "pixels":
-        from .pixels import PixelEncoder
-
-        return PixelEncoder.create(config.pca_dim, fit_images, seed=config.seed, center=config.pixel_center)
-    if config.encoder == "classifier":
-        from .classifier import ClassifierEncoder
-
-        return ClassifierEncoder.load(config.weights, device)
-    offline()
-    if config.encoder == "clip":
-        from .clip import ClipEncoder
-
-        return ClipEncoder.load(config.clip_arch, config.weights, device, config.clip_config)
-    if config.encoder == "dinov2":
-        from .dinov2 import Dinov2Encoder
-
-        return Dinov2Encoder.load(config.dinov2_arch, config.weights, device, dict(config.dinov2_model_args))
-    raise ValueError(f"unknown encoder {config.encoder!r}; expected pixels, classifier, clip or dinov2")

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.digest import digest_json
-from ..data.shards import load_shards, missing_shards, run_shards, save_atomic, write_json_atomic
-from ..encoders.base import Encoder, build_encoder
+from ..atomic import write_json_atomic
+from ..data.shards import load_shards, missing_shards, run_shards, save_atomic
+from ..encoders.base import Encoder
+from ..encoders.factory import build_encoder
 from .config import EmbedConfig
 
 MANIFEST = "embed.json"
@@ -95,7 +97,7 @@ def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, rank: int =
                 f"Use another output folder or delete the old one."
             )
     else:
-        write_json_atomic(existing, manifest)
+        write_json_atomic(existing, manifest, sort_keys=True)
     if not (out / "labels.npy").exists():
         save_atomic(out / "labels.npy", np.asarray(dataset.labels, dtype=np.int64))
 

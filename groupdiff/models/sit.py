@@ -8,6 +8,8 @@ group of one is numerically plain SiT (and an official SiT checkpoint behaves ex
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 
@@ -21,6 +23,9 @@ from .layers import (
     get_2d_sincos_pos_embed,
     modulate,
 )
+
+# Value checks of the forward's inputs on an accelerator (each one a host sync): see SiT.check_inputs.
+DEBUG_CHECKS = os.environ.get("GROUPDIFF_DEBUG_CHECKS", "") == "1"
 
 
 class SiTBlock(nn.Module):
@@ -151,7 +156,14 @@ class SiT(nn.Module):
         return x.reshape(x.shape[0], c, h * p, w * p)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, group_size: int) -> None:
-        """Raise a ValueError naming the bad value when the layout or contents are wrong."""
+        """Raise a ValueError naming the bad value when the layout or contents are wrong.
+
+        The layout checks read shapes only. The value checks (finite timesteps, labels in range) read the
+        tensors, which on an accelerator is a device-to-host sync on every forward; there they run only
+        when :data:`DEBUG_CHECKS` is set (``GROUPDIFF_DEBUG_CHECKS=1``). Values are validated at the data
+        boundary instead: the training labels by ``train.data.check_dataset`` when the set is loaded,
+        sampling's classes by the sampler, and timesteps come from the transport's own draws.
+        """
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be a positive int, got {group_size!r}")
         if group_size > self.max_group_size:
@@ -167,6 +179,11 @@ class SiT(nn.Module):
             raise ValueError(
                 f"t and y must have shape ({x.shape[0]},), got t {tuple(t.shape)} and y {tuple(y.shape)}"
             )
+        if DEBUG_CHECKS or (t.device.type == "cpu" and y.device.type == "cpu"):
+            self.check_input_values(t, y)
+
+    def check_input_values(self, t: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise a ValueError naming the first non-finite timestep or out-of-range label (reads the values)."""
         if not torch.isfinite(t).all():
             bad = t[~torch.isfinite(t)][0].item()
             raise ValueError(f"timesteps must be finite, got {bad}")

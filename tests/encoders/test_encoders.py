@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from groupdiff.data.datasets import fmnist_dataset
-from groupdiff.encoders.base import build_encoder
+from groupdiff.encoders.factory import build_encoder
 from groupdiff.encoders.classifier import ClassifierEncoder, load_classifier, train_classifier
 from groupdiff.encoders.config import ClassifierConfig
 from groupdiff.encoders.pixels import PixelEncoder

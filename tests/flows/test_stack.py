@@ -319,7 +319,7 @@ def test_records_survive_a_restart_of_the_whole_stack_and_the_deployment_is_serv
 def test_check_names_an_object_deleted_by_hand_and_the_rows_that_point_to_it(stack, first_run, tmp_path, capsys):
     """Delete the champion's sample set behind the store's back (raw S3 call): ``groupdiff check`` names it,
     the evaluation row and the model version tag pointing at it, and exits 1; restored, the check is clean."""
-    from groupdiff.cli import main
+    from infra.cli import main
     from registry.consistency import MISSING, check, key_in_store
     from registry.mlflow_registry import CHAMPION, version_by_alias
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from groupdiff.cli import main
+from infra.cli import main
 from infra.config import StackConfig
 from infra.process import PortInUseError, Service, ServiceError, free_port, group_alive, port_in_use, read_pid, start
 from infra.stack import ENV_FILE, down, status, up
@@ -127,7 +127,7 @@ def test_s3_keeps_its_objects_across_a_restart_and_purge_removes_them(state_dir,
     import psutil
 
     from infra.stack import client_env
-    from registry.objectstore import open_store
+    from registry.stores import open_store
 
     config = _s3_only(state_dir)
     up(config, echo=lambda _: None)

@@ -148,3 +148,19 @@ def test_build_model_from_config_matches_official_constructor():
     config = ModelConfig(name="SiT-S/8", input_size=16, in_channels=4, num_classes=10)
     model = build_model(config)
     assert len(model.blocks) == 12 and model.patch_size == 8 and model.num_heads == 6
+
+
+def test_forward_reads_no_values_off_cpu_unless_debug(monkeypatch):
+    """On an accelerator, reading a value is a device-to-host sync: the forward must run on tensors whose
+    values cannot be read at all (the ``meta`` device stands in for a GPU here), and the value checks must
+    come back when debugging is asked for."""
+    import groupdiff.models.sit as sit_module
+
+    with torch.device("meta"):
+        model = tiny()
+        x, t, y = torch.randn(8, 4, 8, 8), torch.rand(8), torch.zeros(8, dtype=torch.long)
+    out = model(x, t, y, group_size=4)  # raises if anything calls .item()/bool() on a meta tensor
+    assert out.device.type == "meta" and out.shape == (8, model.out_channels, 8, 8)
+    monkeypatch.setattr(sit_module, "DEBUG_CHECKS", True)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the value checks now read the (unreadable) values
+        model(x, t, y, group_size=4)

@@ -13,7 +13,7 @@ import mlflow
 import pytest
 import torch
 
-from groupdiff.cli import main
+from infra.cli import main
 from groupdiff.config import GuidanceConfig, ModelConfig, SamplerConfig
 from groupdiff.models import build_model
 from registry.catalogue.db import open_session
@@ -25,7 +25,7 @@ from registry.consistency import CORRUPT, MISSING, UNREFERENCED, UNVERIFIABLE, c
 from registry.layout import checkpoint_prefix, embeddings_prefix, groups_prefix, samples_key, weights_key
 from registry.manifest import MANIFEST, publish_folder
 from registry.mlflow_model import log_groupdiff_model
-from registry.objectstore import open_store
+from registry.stores import open_store
 
 MODEL = ModelConfig(name="custom", depth=1, hidden_size=32, num_heads=2, patch_size=4, input_size=8, in_channels=1,
                     num_classes=3, learn_sigma=False, max_group_size=4)

@@ -80,7 +80,7 @@ def test_tracker_attaches_to_nested_run_and_logs_params_metrics_artifacts(client
     local = mlflow.artifacts.download_artifacts(run_id=child, artifact_path="plots/summary.txt", dst_path=str(tmp_path / "dl"))
     assert open(local).read() == "loss went down"
     # the server proxied the artefact into the S3 bucket
-    from registry.objectstore import open_store
+    from registry.stores import open_store
 
     keys = open_store("s3://mlflow").list("artifacts")
     assert any(k.endswith(f"{child}/artifacts/plots/summary.txt") for k in keys)

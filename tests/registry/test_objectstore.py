@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 from registry.config import ObjectStoreConfig
-from registry.objectstore import ChecksumMismatchError, ObjectNotFoundError, ObjectStoreError, open_store
+from registry.objectstore import ChecksumMismatchError, ObjectNotFoundError, ObjectStoreError
+from registry.stores import open_store
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024

@@ -1,8 +1,8 @@
 """``groupdiff up | down | status``: the local service stack (PostgreSQL, S3, Prefect, MLflow) on 127.0.0.1;
 ``groupdiff check``: the records (catalogue, MLflow registry) against the object store.
 
-``infra`` and ``registry`` are imported inside the functions: the ML library itself never depends on the
-service layer (the logic lives in ``infra.stack`` and ``registry.consistency``; these are thin hooks).
+Thin hooks over ``infra.stack`` and ``registry.consistency``, imported inside the functions so that
+``groupdiff --help`` stays fast.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Embed, mine, train the baseline and GroupDiff-l (tiny preset), sample, score (``fd_fmnist`` etc.), register
 the better as ``champion``, then print the measured metrics table and where to look. The orchestration
-lives in ``flows/`` (Prefect), imported inside the function: the ML library never depends on it.
+lives in ``flows/`` (Prefect), imported inside the function so that ``groupdiff --help`` stays fast.
 """
 from __future__ import annotations
 
