@@ -19,7 +19,8 @@ import torch
 
 from .config import VaeConfig
 from .digest import digest_json, file_digest
-from .shards import load_shards, missing_shards, run_shards, save_atomic, write_json_atomic
+from ..atomic import write_json_atomic
+from .shards import load_shards, missing_shards, run_shards, save_atomic
 
 MANIFEST = "latents.json"
 PREFIX = "lat"
@@ -93,7 +94,7 @@ def encode_latents(dataset, config: VaeConfig, out_dir: str | Path, rank: int = 
     if path.exists() and json.loads(path.read_text()).get("digest") != manifest["digest"]:
         raise ValueError(f"{out} already holds latents of another dataset/VAE/config; use another output folder")
     if not path.exists():
-        write_json_atomic(path, manifest)
+        write_json_atomic(path, manifest, sort_keys=True)
     if not (out / "labels.npy").exists():
         save_atomic(out / "labels.npy", np.asarray(dataset.labels, dtype=np.int64))
     dtype = next(vae.parameters()).dtype

@@ -7,13 +7,13 @@ their file alone and computes only the missing ones.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ..atomic import atomic_write, temp_prefix
 
 SHARD_PATTERN = "{prefix}-{index:05d}.npy"
 
@@ -29,22 +29,9 @@ def num_shards(num_items: int, shard_size: int) -> int:
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` through a temporary file renamed into place when complete."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """``np.save`` to ``path`` atomically."""
+    with atomic_write(path) as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """JSON to ``path`` through a temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def run_shards(num_items: int, shard_size: int, out_dir: Path, prefix: str,
@@ -65,7 +52,7 @@ def run_shards(num_items: int, shard_size: int, out_dir: Path, prefix: str,
         if path.exists():
             done["skipped"].append(s)
             continue
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run of this shard's owner
+        for stale in path.parent.glob(f"{temp_prefix(path)}*"):  # left by a killed run of this shard's owner
             stale.unlink(missing_ok=True)
         indices = np.arange(s * shard_size, min((s + 1) * shard_size, num_items), dtype=np.int64)
         array = compute(indices)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path
 from ..data.digest import digest_arrays
 from .base import require_weights
 from .config import ClassifierConfig
@@ -81,12 +82,9 @@ class SmallCNN(nn.Module):
 
 def save_classifier(model: SmallCNN, path: Path, extra: dict | None = None) -> None:
     """Weights + architecture (and ``extra`` metrics) in one safetensors file, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"arch": json.dumps(model.arch), "extra": json.dumps(extra or {})})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"arch": json.dumps(model.arch), "extra": json.dumps(extra or {})})
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[SmallCNN, dict]:

@@ -15,11 +15,12 @@ Arrays (``num_items`` rows):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 
 @dataclass
@@ -47,15 +48,12 @@ class GroupTable:
         return {"neighbours": self.neighbours, "eligible": self.eligible}
 
     def save(self, path: str | Path) -> Path:
-        """Write to ``path`` (.npz) through a temporary file renamed when complete."""
+        """Write to ``path`` (.npz) atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, neighbours=self.neighbours, similarity=self.similarity, filled=self.filled,
                      eligible=self.eligible, groups=self.groups, labels=self.labels,
                      meta=np.asarray(json.dumps(self.meta, sort_keys=True, default=str)))
-        os.replace(tmp, path)
         return path
 
     @classmethod

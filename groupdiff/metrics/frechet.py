@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from scipy import linalg
 
+from ..atomic import atomic_write
+
 DEFAULT_EPS = 1e-6
 IMAG_TOL = 1e-3
 
@@ -38,12 +40,9 @@ class FeatureStats:
     count: int
 
     def save(self, path: str | Path) -> None:
-        """Write ``mu``/``sigma``/``count`` to an ``.npz`` (temp name, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
-        tmp.replace(path)
+        """Write ``mu``/``sigma``/``count`` to an ``.npz`` atomically."""
+        with atomic_write(path) as f:
+            np.savez(f, mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":

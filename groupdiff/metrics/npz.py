@@ -8,11 +8,13 @@ only know ``arr_0`` ignore them. Reference batches may instead (or also) hold pr
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 IMAGES_KEY = "arr_0"
 LABELS_KEYS = ("labels", "arr_1")
@@ -60,17 +62,15 @@ def write_samples_npz(path: str | Path, batch: SampleBatch) -> Path:
         if key in arrays:
             raise ValueError(f"{path}: extra array name {key!r} is reserved")
         arrays[key] = np.asarray(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")  # per process: ranks may race
-    savez_reproducible(tmp, arrays)
-    tmp.replace(path)
+    with atomic_write(path) as f:  # a temporary per writer: ranks may race
+        savez_reproducible(f, arrays)
     return path
 
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: the same arrays give the same file bytes
 
 
-def savez_reproducible(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+def savez_reproducible(path: str | Path | IO[bytes], arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` (uncompressed, readable by ``np.load``) with fixed member timestamps, so equal arrays in
     the same order give byte-identical files (``np.savez`` stamps each member with the current time)."""
     import zipfile

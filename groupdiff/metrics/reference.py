@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..data.digest import digest_arrays, file_digest
 from .frechet import FeatureStats, feature_stats
 from .npz import check_images
@@ -72,10 +73,8 @@ class ReferenceStats:
             arrays["pool_features"] = self.pool_features.astype(np.float32)
         if self.image_size is not None:
             arrays["image_size"] = np.asarray(self.image_size, np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def from_npz(cls, data) -> "ReferenceStats":

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ..atomic import write_json_atomic
 from ..config_base import Section
 from .evaluate import compute_metrics
 from .fidelity import DEFAULT_K
@@ -180,10 +181,7 @@ def run(config: ScoreConfig, spaces: dict[str, tuple[FeatureSpace, ReferenceStat
         "score_config": config.model_dump(), "seconds": time.time() - started,
     }
     out = Path(config.out) if config.out else samples_path.with_name("metrics.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_json_default))
-    tmp.replace(out)
+    write_json_atomic(out, result, default=_json_default)
     result["path"] = str(out)
     return result
 

@@ -14,6 +14,7 @@ import math
 import shutil
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from .plots import plot_metric_vs_group_size, plot_s_cross_vs_metric
 
 METRIC_ORDER = ("fid", "fid_ci_low", "fid_ci_high", "sfid", "is", "precision", "recall", "fd_fmnist",
@@ -107,7 +108,5 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str = "Gr
                       f"![grid {i}]({target.name})", ""]
     lines += ["## Sources", ""] + [f"- #{i}: `{row['json']}` (samples `{row.get('samples')}`)" for i, row in enumerate(rows)]
     report = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(report)
+    write_text_atomic(report, "\n".join(lines) + "\n")
     return report

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 
 def _pyplot():
     import matplotlib
@@ -28,10 +30,8 @@ def pearson(x: list[float], y: list[float]) -> float | None:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 
