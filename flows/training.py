@@ -1,9 +1,11 @@
 """The train task: training runs as a subprocess in its own process group, killed with its flow run.
 
-One rank runs ``python -m flows.train_worker``; more ranks run it under ``torch.distributed.run``
-(world size from the parameters). The subprocess is started with ``start_new_session=True`` (its own
-process group) and its group id is written to ``<out>/pids/<flow run>/<pgid>``. The group is killed
-(SIGTERM, then SIGKILL) when the task ends abnormally (Prefect raises in the flow process on
+The subprocess is the library's one launch (:func:`groupdiff.train.launch.start`): ``python -m
+groupdiff.train.worker`` for one rank, under ``torch.distributed.run`` for more (world size from the
+parameters), with ``$GROUPDIFF_TRACKER`` naming :func:`registry.mlflow_tracker.run_tracker` so rank 0 also
+logs to the MLflow run of the task. It runs in a session of its own and its group id is written to
+``<out>/pids/<flow run>/<pgid>``. The group and every rank below it are stopped (SIGTERM, then SIGKILL;
+:func:`groupdiff.procs.stop_tree`) when the task ends abnormally (Prefect raises in the flow process on
 cancellation), by the flow's ``on_cancellation`` / ``on_crashed`` hooks (which read those pid files:
 the hooks may run in another process, e.g. the runner), and by the worker's own parent watchdog if the
 flow process is killed outright. At most one training run per work pool holds the Prefect global
@@ -13,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,16 +23,19 @@ from typing import Callable
 from prefect import get_run_logger, task
 
 from groupdiff.config import GroupDiffConfig
+from groupdiff.procs import PARENT_PID_ENV, stop_tree
+from groupdiff.train.launch import start, supervise, write_launch_config
+from groupdiff.train.tracker import METRICS_FILE, TRACKER_ENV
 
 from .common import console_echo, stage_run, task_options
 from .records import Records, RecordsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
+TRACKER = "registry.mlflow_tracker:run_tracker"  # rank 0 of a launched training logs to the task's MLflow run
 KILL_GRACE_S = 10.0
 CONCURRENCY_PREFIX = "training-"
 LEASE_S = 60.0  # the slot's lease, renewed while training runs: a killed flow frees the slot within a minute
-CHECKPOINT_FILES = ("model.safetensors", "weights.safetensors", "config.json", "trainer_state.json")
 
 
 def pid_folder(out: str | Path, flow_run_id: str) -> Path:
@@ -40,51 +43,15 @@ def pid_folder(out: str | Path, flow_run_id: str) -> Path:
     return Path(out) / "pids" / flow_run_id
 
 
-def kill_group(pgid: int, grace_s: float = KILL_GRACE_S, leader: subprocess.Popen | None = None) -> bool:
-    """SIGTERM the process group ``pgid``, SIGKILL it after ``grace_s``; True if it was alive.
-
-    ``leader``: the group leader when it is our child, reaped here (a zombie leader keeps the group id alive).
-    """
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if leader is not None:
-            leader.poll()
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return True
-
-
 def kill_recorded(out: str | Path, flow_run_id: str) -> list[int]:
     """Kill every training process group recorded for ``flow_run_id`` (used by the flow's hooks)."""
     folder = pid_folder(out, flow_run_id)
     killed = []
     for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-        if kill_group(int(path.name)):
+        if stop_tree(int(path.name), KILL_GRACE_S):
             killed.append(int(path.name))
         path.unlink(missing_ok=True)
     return killed
-
-
-def training_command(config_path: Path, run_dir: Path, world_size: int) -> list[str]:
-    """One process, or ``torch.distributed.run`` with ``world_size`` local ranks, of ``flows.train_worker``."""
-    worker = ["-m", "flows.train_worker", "--config", str(config_path), "--out", str(run_dir)]
-    if world_size == 1:
-        return [sys.executable, *worker]
-    from groupdiff.ports import free_port
-
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(world_size),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *worker]
 
 
 class ProgressTail:
@@ -138,39 +105,29 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
     """Run the training subprocess to completion; kill its whole group if this call is interrupted.
 
     ``echo`` receives one progress line per logged training step (``None``: silent)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "launch_config.json"
-    config_path.write_text(config.model_dump_json(indent=2))
+    config_path = write_launch_config(config, run_dir)
     log_path = run_dir / "train.log"
-    child_env = {**os.environ, **env, "GROUPDIFF_FLOW_PID": str(os.getpid()),
+    child_env = {**env, PARENT_PID_ENV: str(os.getpid()), TRACKER_ENV: TRACKER,
                  "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     pids.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(training_command(config_path, run_dir, world_size), env=child_env, cwd=REPO_ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start(config_path, run_dir, world_size, env=child_env, cwd=REPO_ROOT, stdout=log,
+                     stderr=subprocess.STDOUT)
     pid_file = pids / str(proc.pid)
     pid_file.write_text(json.dumps({"run_dir": str(run_dir)}))
     progress = None
     if echo is not None:
-        from groupdiff.train.tracker import METRICS_FILE
-
         progress = ProgressTail(run_dir / METRICS_FILE, config.train.variant, config.train.steps,
                                 config.train.global_batch_images, echo)
-    try:
-        while proc.poll() is None:
-            time.sleep(POLL_S)
-            if progress is not None:
-                progress.poll()
-        if progress is not None:
-            progress.poll()
+    try:  # Prefect's own signal handling stays in place: cancellation raises here, and supervise stops the ranks
+        code = supervise(proc, KILL_GRACE_S, poll=progress.poll if progress else None, poll_s=POLL_S,
+                         trap_sigterm=False)
     finally:
-        if proc.poll() is None:
-            kill_group(proc.pid, leader=proc)
-            proc.wait()
         pid_file.unlink(missing_ok=True)
-    if proc.returncode != 0:
+    if code != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"training exited with code {proc.returncode} (log {log_path}):\n{tail}")
+        raise RuntimeError(f"training exited with code {code} (log {log_path}):\n{tail}")
+
 
 
 def _ensure_limit(name: str, slots: int) -> None:
@@ -224,21 +181,21 @@ def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dat
             with concurrency(limit, occupy=1, lease_duration=LEASE_S):
                 log.info("training %s (%d steps, world size %d) in %s", variant, step, world_size, run_dir)
                 run_training(config, run_dir, world_size, env, pids, echo=console_echo(log))
-            from groupdiff.train.checkpoint import find_latest
+            from groupdiff.train.checkpoint import CheckpointDir, find_latest
 
             latest = find_latest(run_dir)
             if latest is None:
                 raise RuntimeError(f"training of {run} finished without a checkpoint in {run_dir}")
             import shutil
 
-            for name in CHECKPOINT_FILES:
+            for name in CheckpointDir.FILES:
                 if (latest / name).is_file():
                     shutil.copy2(latest / name, folder / name)
-            state = json.loads((latest / "trainer_state.json").read_text())
+            state = CheckpointDir(latest).read_state()
             done = {"digest": digest, "run": run, "variant": variant, "step": step, "trained_steps": int(state.get("step", step)),
                     "mlflow_run_id": run_id}
             publish(rec, prefix, folder, done)
-            rec.mlflow.log_artifact(run_id, str(folder / "config.json"), "checkpoint")
+            rec.mlflow.log_artifact(run_id, str(CheckpointDir(folder).config_file), "checkpoint")
     else:
         fetch(rec, prefix, folder)
     assert (folder / MANIFEST).is_file()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from groupdiff.ports import HOST, free_port, free_ports  # noqa: F401  (free_port(s) re-exported for callers of infra)
+from groupdiff.procs import group_alive, stop_tree  # noqa: F401  (group_alive re-exported for callers of infra)
 
 POLL_S = 0.25
 
@@ -78,49 +79,6 @@ def read_pid(state: Path, name: str) -> int | None:
         return int(pid_file(state, name).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status of our own child (no-op for processes started by another command)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _group_members(pgid: int) -> list[int] | None:
-    """Pids of live (non-zombie) processes in group ``pgid`` from /proc; None where /proc is unavailable."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return None
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
-def group_alive(pgid: int) -> bool:
-    """True while any process of the process group ``pgid`` runs (zombies, e.g. not yet reaped by an
-    init that reaps slowly, count as gone)."""
-    _reap(pgid)
-    members = _group_members(pgid)
-    if members is not None:
-        return bool(members)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def running(state: Path, name: str) -> bool:
@@ -198,24 +156,8 @@ def stop(name: str, state: Path, timeout_s: float, sig: int = signal.SIGTERM) ->
     pid = read_pid(state, name)
     if pid is None:
         return False
-    was_running = group_alive(pid)
-    if was_running:
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout_s
-        while group_alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if group_alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + 5
-            while group_alive(pid) and time.monotonic() < deadline:
-                time.sleep(POLL_S)
-            if group_alive(pid):
-                raise ServiceError(f"{name} (process group {pid}) survived SIGKILL")
+    was_running = stop_tree(pid, timeout_s, sig=sig, poll_s=POLL_S)
+    if was_running and group_alive(pid):
+        raise ServiceError(f"{name} (process group {pid}) survived SIGKILL")
     pid_file(state, name).unlink(missing_ok=True)
     return was_running

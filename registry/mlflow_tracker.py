@@ -2,7 +2,8 @@
 
 Logging goes through :class:`mlflow.MlflowClient` with an explicit run id, so a training subprocess
 attaches to the run its flow opened without touching MLflow's global "active run" state. Other ranks
-get a :class:`~groupdiff.tracking.NullTracker` from :func:`make_tracker`.
+get a :class:`~groupdiff.tracking.NullTracker` from :func:`make_tracker`. Launched training ranks get it
+through :func:`run_tracker`, which ``$GROUPDIFF_TRACKER`` names.
 """
 from __future__ import annotations
 
@@ -130,3 +131,10 @@ def make_tracker(rank: int | None = None, **kwargs) -> Tracker:
     """:class:`MlflowTracker` on rank 0, :class:`~groupdiff.tracking.NullTracker` elsewhere."""
     rank = rank_from_env() if rank is None else rank
     return MlflowTracker(**kwargs) if rank == 0 else NullTracker()
+
+
+def run_tracker(run_dir: str | Path) -> Tracker:
+    """The training ranks' plugged-in tracker: ``GROUPDIFF_TRACKER=registry.mlflow_tracker:run_tracker``
+    (set by the training flow; see :mod:`groupdiff.train.worker`). Rank 0 logs to ``$MLFLOW_RUN_ID`` at
+    ``$MLFLOW_TRACKING_URI``; the run folder is not needed, the run id names where the records go."""
+    return make_tracker(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))

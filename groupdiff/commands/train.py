@@ -52,11 +52,8 @@ def run(args: argparse.Namespace) -> int:
             return 3
         print(f"finished at step {result.step}; checkpoint {result.checkpoint}")
         return 0
-    from ..train.launch import launch
+    from ..train.launch import launch, write_launch_config
 
     if not args.hostfile:
         validate(config, args.nproc)  # the world size is known only for local launches; every rank re-checks
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "launch_config.json"
-    config_path.write_text(config.model_dump_json(indent=2))
-    return launch(config_path, out, args.nproc, args.hostfile)
+    return launch(write_launch_config(config, out), out, args.nproc, args.hostfile)

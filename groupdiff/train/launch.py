@@ -2,10 +2,11 @@
 
 * One process: :func:`ensure_rendezvous_env` fills ``MASTER_ADDR/PORT``, ``RANK``, ``WORLD_SIZE`` and
   ``LOCAL_RANK`` itself (a free port on 127.0.0.1) when no launcher did.
-* ``--nproc N``: :func:`launch` starts ``torch.distributed.run`` with N local ranks running
-  ``python -m groupdiff.train.worker``; with a hostfile it starts DeepSpeed's multi-node launcher
-  instead (ssh/pdsh to every host listed; the run directory must be on a shared filesystem).
-  The launcher runs in its own process group so that stopping the parent stops every rank.
+* :func:`launcher_command` is the one place a training launch is spelled: ``python -m groupdiff.train.worker``
+  for one rank, ``torch.distributed.run`` for N local ranks, DeepSpeed's multi-node launcher for a hostfile
+  (ssh/pdsh to every host listed; the run directory must be on a shared filesystem). ``groupdiff train
+  --nproc`` and the training flow both :func:`start` it and :func:`supervise` it to the end.
+* The launcher runs in a session of its own; stopping it stops every rank (:func:`groupdiff.procs.stop_tree`).
 """
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
-from groupdiff.ports import free_port
+from ..atomic import write_text_atomic
+from ..ports import free_port
+from ..procs import stop_tree
 
 WORKER_MODULE = "groupdiff.train.worker"
+LAUNCH_CONFIG = "launch_config.json"  # the config every rank reads, in the run folder
 
 
 def ensure_rendezvous_env() -> tuple[int, int, int]:
@@ -55,8 +60,16 @@ def init_distributed(dev_type: str, local_rank: int) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if dev_type == "cuda" else "gloo", verbose=False)
 
 
-def launcher_command(config_path: Path, out_dir: Path, nproc: int, hostfile: str | None = None) -> list[str]:
-    """The command that starts the ranks: torch.distributed.run locally, DeepSpeed's runner for a hostfile."""
+def write_launch_config(config, out_dir: str | Path) -> Path:
+    """Write ``config`` (a GroupDiffConfig) as ``<out_dir>/launch_config.json`` for the ranks; returns its path."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(Path(out_dir) / LAUNCH_CONFIG, config.model_dump_json(indent=2))
+
+
+def launcher_command(config_path: str | Path, out_dir: str | Path, nproc: int,
+                     hostfile: str | None = None) -> list[str]:
+    """The command that starts the ranks: the worker itself for one local rank, torch.distributed.run for
+    ``nproc`` local ranks, DeepSpeed's runner for a hostfile."""
     worker = ["--config", str(config_path), "--out", str(out_dir)]
     if hostfile:
         if not Path(hostfile).exists():
@@ -66,16 +79,18 @@ def launcher_command(config_path: Path, out_dir: Path, nproc: int, hostfile: str
         if nproc > 1:
             cmd[-1:-1] = ["--num_gpus", str(nproc)]
         return cmd + [WORKER_MODULE] + worker
+    if nproc == 1:
+        return [sys.executable, "-m", WORKER_MODULE] + worker
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", WORKER_MODULE] + worker
 
 
-def launch(config_path: Path, out_dir: Path, nproc: int, hostfile: str | None = None,
-           env: dict[str, str] | None = None, grace_s: float = 30.0) -> int:
-    """Run the ranks to completion in their own process group; returns the launcher's exit code.
+def start(config_path: str | Path, out_dir: str | Path, nproc: int, hostfile: str | None = None,
+          env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """Start :func:`launcher_command` in a session of its own (its process group id is its pid).
 
-    SIGTERM or Ctrl-C to this process stops the launcher and every rank: SIGTERM first (the launcher
-    passes it on), then SIGKILL to all of them after ``grace_s``. Returns 128 + the signal number then.
+    ``env`` is added to this process's environment; ``popen``: further :class:`subprocess.Popen` arguments
+    (``stdout``, ``cwd``).
     """
     cmd = launcher_command(config_path, out_dir, nproc, hostfile)
     child_env = {**os.environ, **(env or {})}
@@ -83,85 +98,52 @@ def launch(config_path: Path, out_dir: Path, nproc: int, hostfile: str | None = 
         child_env.setdefault("DS_ACCELERATOR", "cpu")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         child_env.pop(key, None)  # a one-process rendezvous of this process must not leak into the ranks
-    proc = subprocess.Popen(cmd, env=child_env, start_new_session=True)
+    return subprocess.Popen(cmd, env=child_env, start_new_session=True, **popen)
+
+
+def supervise(proc: subprocess.Popen, grace_s: float, poll: Callable[[], None] | None = None,
+              poll_s: float = 0.2, trap_sigterm: bool = True) -> int:
+    """Wait for the launcher ``proc``; returns its exit code, or 128 + the signal number when stopped.
+
+    SIGTERM (when ``trap_sigterm`` and on the main thread) or Ctrl-C to this process stops the launcher
+    and every rank: SIGTERM first, SIGKILL after ``grace_s``. Any other exception while waiting stops them
+    too and propagates. ``poll`` is called every ``poll_s`` seconds and once more at the end (progress).
+    """
     stopped: list[int] = []
 
-    def on_signal(signum, _frame):  # only signal here: waiting inside a handler can deadlock Popen.wait
+    def on_signal(signum, _frame):  # only note it here: waiting inside a handler can deadlock Popen.wait
         stopped.append(signum)
-        _signal_tree(proc.pid, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, on_signal) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, on_signal) if trap_sigterm and _main_thread() else None
     try:
-        while True:
+        while proc.poll() is None and not stopped:
             try:
-                code = _wait_or_kill(proc, stopped, grace_s)
-                break
+                time.sleep(poll_s)
             except KeyboardInterrupt:
-                on_signal(signal.SIGINT, None)
-        return 128 + stopped[0] if stopped else code
+                stopped.append(signal.SIGINT)
+            if poll is not None:
+                poll()
+        if stopped:
+            stop_tree(proc.pid, grace_s, leader=proc)
+            proc.wait()
+            return 128 + stopped[0]
+        if poll is not None:
+            poll()
+        return proc.returncode
     finally:
+        if proc.poll() is None:
+            stop_tree(proc.pid, grace_s, leader=proc)
+            proc.wait()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _wait_or_kill(proc: subprocess.Popen, stopped: list[int], grace_s: float) -> int:
-    """Wait for ``proc``; once a stop was requested, SIGKILL the whole tree after ``grace_s``.
-
-    While stopping, the processes below the launcher are remembered so that ranks it leaves behind
-    (re-parented once it exits) are still killed.
-    """
-    since, known = None, set()
-    while True:
-        if stopped:
-            known.update(_descendants(proc.pid))
-        code = proc.poll()
-        if code is not None:
-            for pid in known:
-                _kill(pid, signal.SIGKILL)
-            return code
-        if stopped:
-            since = since or time.monotonic()
-            if time.monotonic() - since > grace_s:
-                _signal_tree(proc.pid, signal.SIGKILL)
-        time.sleep(0.2)
+def launch(config_path: str | Path, out_dir: str | Path, nproc: int, hostfile: str | None = None,
+           env: dict[str, str] | None = None, grace_s: float = 30.0) -> int:
+    """Run the ranks to completion in their own process group; returns the launcher's exit code
+    (128 + the signal number when SIGTERM or Ctrl-C stopped them, see :func:`supervise`)."""
+    return supervise(start(config_path, out_dir, nproc, hostfile, env), grace_s)
 
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Process ids below ``pid`` (Linux /proc). The launchers start ranks in sessions of their own."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _signal_tree(pid: int, sig: int) -> None:
-    """Send ``sig`` to the launcher's process group and to every process below it."""
-    targets = _descendants(pid)
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    for child in targets:
-        _kill(child, sig)
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -1,8 +1,8 @@
 """The run's tracker: ``<run>/metrics.jsonl`` plus an optional plugged-in one (issue 4, item 7).
 
-``registry/`` logs launched ranks to MLflow without ``groupdiff`` importing MLflow: it sets
-``GROUPDIFF_TRACKER=module:factory`` in the environment of ``groupdiff train``; rank 0 calls
-``factory(run_dir)`` and sends every record to both trackers.
+Launched ranks log to MLflow without ``groupdiff`` importing MLflow: the training flow sets
+``GROUPDIFF_TRACKER=registry.mlflow_tracker:run_tracker`` (any ``module:factory``) in their environment;
+rank 0 calls ``factory(run_dir)`` and sends every record to both trackers (see :mod:`groupdiff.train.worker`).
 """
 from __future__ import annotations
 
@@ -39,15 +39,13 @@ class TeeTracker:
             tr.close()
 
 
-def default_tracker(run_dir: Path, extra: Tracker | None = None) -> Tracker:
+def default_tracker(run_dir: Path) -> Tracker:
     """``<run>/metrics.jsonl`` (:data:`METRICS_FILE`), plus the tracker ``$GROUPDIFF_TRACKER`` names (how
-    ``registry/`` plugs MLflow into launched ranks without ``groupdiff`` importing it), plus ``extra`` if given
-    (a caller's own tracker, e.g. the flows' MLflow run)."""
+    ``registry/`` plugs MLflow into launched ranks without ``groupdiff`` importing it)."""
     jsonl = JsonlTracker(run_dir / METRICS_FILE)
-    others = [extra] if extra is not None else []
     spec = os.environ.get(TRACKER_ENV, "")
     if not spec:
-        return TeeTracker(jsonl, *others) if others else jsonl
+        return jsonl
     try:
         module, _, name = spec.partition(":")
         if not module or not name:
@@ -58,4 +56,4 @@ def default_tracker(run_dir: Path, extra: Tracker | None = None) -> Tracker:
     except Exception:
         jsonl.close()
         raise
-    return TeeTracker(jsonl, plugged, *others)
+    return TeeTracker(jsonl, plugged)

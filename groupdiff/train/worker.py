@@ -1,7 +1,16 @@
 """One training rank: ``python -m groupdiff.train.worker --config CONFIG.json --out RUN_DIR``.
 
-This is what ``torchrun`` / the ``deepspeed`` launcher start on every rank (``groupdiff train --nproc``
-does it for you). The config is the full GroupDiffConfig as JSON (``config.json`` of a run).
+The one training entry point: what ``groupdiff train --nproc`` / ``--hostfile`` and the training flow start
+(see :func:`groupdiff.train.launch.launcher_command`), once per rank under ``torch.distributed.run`` or the
+``deepspeed`` launcher, or alone for one rank. The config is the full GroupDiffConfig as JSON.
+
+* Tracking: rank 0 logs to ``RUN_DIR/metrics.jsonl`` and to the tracker ``$GROUPDIFF_TRACKER=module:factory``
+  names (:func:`groupdiff.train.tracker.default_tracker`). The plug is an import-path string in the
+  environment because the environment reaches every rank through any launcher without changing the launch
+  command, and the library only resolves the string: it never imports who provides it (the flows set
+  ``registry.mlflow_tracker:run_tracker`` to log to their MLflow run).
+* ``$GROUPDIFF_PARENT_PID``: the rank kills its process group once that process is gone (the flow that
+  started it was killed without a chance to clean up), so no training outlives its caller.
 """
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from ..procs import PARENT_PID_ENV, watch_parent
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, train this rank, return an exit code (3 for a non-finite loss)."""
@@ -18,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="GroupDiffConfig JSON file")
     parser.add_argument("--out", required=True, help="run directory")
     args = parser.parse_args(argv)
+    if os.environ.get(PARENT_PID_ENV):
+        watch_parent(int(os.environ[PARENT_PID_ENV]))
 
     from ..config import GroupDiffConfig
     from .trainer import NonFiniteLossError, train

@@ -93,6 +93,8 @@ def test_launch_commands(tmp_path):
     assert multi[multi.index("--num_gpus") + 1] == "8"
     with pytest.raises(FileNotFoundError, match="hostfile"):
         launcher_command("cfg.json", "run", 1, hostfile="/nonexistent/hostfile")
+    assert launcher_command("cfg.json", "run", 1)[1:] == [  # one local rank: the worker itself, no launcher
+        "-m", "groupdiff.train.worker", "--config", "cfg.json", "--out", "run"]
 
 
 def test_a_plugged_in_tracker_receives_the_metrics(tmp_path, tiny_config, fmnist_small, monkeypatch):
@@ -124,31 +126,3 @@ def test_a_plugged_in_tracker_receives_the_metrics(tmp_path, tiny_config, fmnist
     monkeypatch.setenv("GROUPDIFF_TRACKER", "no_colon_here")
     with pytest.raises(ValueError, match="module:factory"):
         train(tiny_config("train.steps=2"), tmp_path / "x", data=fmnist_small)
-
-
-def test_default_tracker_tees_a_callers_tracker_beside_the_run_file(tmp_path, monkeypatch):
-    """flows.train_worker passes its MLflow tracker as ``extra``: both it and <run>/metrics.jsonl get every record."""
-    from groupdiff.train.tracker import METRICS_FILE, default_tracker
-
-    monkeypatch.delenv("GROUPDIFF_TRACKER", raising=False)
-    received = []
-
-    class ListTracker:
-        def log_params(self, params):
-            received.append(params)
-
-        def log_metrics(self, metrics, step=None):
-            received.append((step, dict(metrics)))
-
-        def log_artifact(self, path, name=None):
-            pass
-
-        def close(self):
-            received.append("closed")
-
-    tracker = default_tracker(tmp_path, ListTracker())
-    tracker.log_metrics({"loss": 0.5}, step=3)
-    tracker.close()
-    assert received == [(3, {"loss": 0.5}), "closed"]
-    record = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[-1])
-    assert record["step"] == 3 and record["metrics"] == {"loss": 0.5}
