@@ -65,6 +65,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from groupdiff.config_base import Section  # noqa: E402
+from groupdiff.train.checkpoint import CheckpointDir  # noqa: E402
 
 # The cost model of the planned wall time (measured on the project machine, 2 CPU cores, one thread each).
 STEP_S = 0.085  # one tiny-preset training step at batch 64 on one core
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[claims] stage 1: baseline for S={settings.s} steps (records in {work})", flush=True)
     first = pipeline.with_options(flow_run_name=f"claims-pretrain-{settings.s}")(params=stage1, records=records)
     row0 = first["rows"][0]
-    init = f"pretrained:{store_path(row0['checkpoint']) / 'model.safetensors'}"
+    init = f"pretrained:{CheckpointDir(store_path(row0['checkpoint'])).ema_file}"
     pretrained = {k: v for k, v in row0["metrics"].items() if k in METRICS}
     floor = row0.get("floor") or {}
 

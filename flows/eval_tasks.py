@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 
 from groupdiff.config import GroupDiffConfig
 from groupdiff.sample.stage import save_class_grid
+from groupdiff.train.checkpoint import CheckpointDir
 
 from .common import stage_digest, stage_run, task_options
 from .data_tasks import MANIFEST, _metrics, already_published, fetch
@@ -114,7 +115,7 @@ def local_checkpoint(rec: Records, checkpoint: dict) -> Path:
     from registry.layout import checkpoint_prefix
 
     folder = Path(checkpoint["path"])
-    if not (folder / "model.safetensors").is_file():
+    if not CheckpointDir(folder).ema_file.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         fetch(rec, checkpoint_prefix(checkpoint["run"], checkpoint["step"]), folder)
     return folder

@@ -42,6 +42,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field, field_validator, model_validator
 
+from groupdiff.atomic import write_json_atomic
 from groupdiff.config import GroupDiffConfig, load_preset
 from groupdiff.config_base import Section
 from groupdiff.sample.stage import SampleStageConfig
@@ -236,13 +237,11 @@ def plan(params: FanoutParams) -> int:
 
         if params.checkpoint:
             from groupdiff.config import apply_overrides
-            from groupdiff.sample.stage import CONFIG_FILE, resolve_checkpoint_dir
+            from groupdiff.sample.stage import resolve_checkpoint_dir
+            from groupdiff.train.checkpoint import CheckpointDir
 
-            folder = resolve_checkpoint_dir(params.checkpoint)
-            path = folder / CONFIG_FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"checkpoint {params.checkpoint!r}: no {CONFIG_FILE} in {folder}")
-            config = GroupDiffConfig.model_validate(apply_overrides(json.loads(path.read_text()), params.overrides))
+            saved = CheckpointDir(resolve_checkpoint_dir(params.checkpoint)).read_config()  # errors name the file
+            config = GroupDiffConfig.model_validate(apply_overrides(saved, params.overrides))
         else:
             config = params.config()
         return shard_count(params.stage_config(), config)
@@ -311,9 +310,7 @@ def merge(params: FanoutParams, num_shards: int) -> dict:
     files = {str(p.relative_to(out)): _sha256(p) for p in output_files(params)}
     record = {"stage": params.stage, "num_shards": num_shards, "files": files,
               "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()}
-    tmp = out / f".{RECORD}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    tmp.replace(out / RECORD)
+    write_json_atomic(out / RECORD, record, sort_keys=True, default=None)
     return {"outputs": outputs, "digest": record["digest"], "files": len(files)}
 
 

@@ -2,12 +2,13 @@
 under the same protocol, promote only if better) and ``evaluate-model`` (score one registered version)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+
+from groupdiff.train.checkpoint import CheckpointDir
 
 from .params import EvaluateParams, PipelineParams
 from .records import Records, RecordsConfig
@@ -39,7 +40,7 @@ def fetch_version_checkpoint(rec: Records, mv) -> tuple[Path, dict[str, str]]:
         raise KeyError(f"model version {mv.name} v{mv.version} lacks tags {missing}: it was not registered by the pipeline")
     run, step = tags["groupdiff.checkpoint_run"], int(tags["groupdiff.checkpoint_step"])
     folder = rec.work("checkpoints", run, f"{step:08d}")
-    if not (folder / "model.safetensors").is_file():
+    if not CheckpointDir(folder).ema_file.is_file():
         fetch(rec, checkpoint_prefix(run, step), folder)
     return folder, dict(tags)
 
@@ -66,7 +67,7 @@ def retrain_nightly(params: PipelineParams = PipelineParams(), records: RecordsC
     folder, tags = fetch_version_checkpoint(rec, champion)
     variant = tags.get("groupdiff.variant", "baseline")
     resumed = PipelineParams.model_validate({**params.model_dump(), "variants": [variant],
-                                             "init_from": f"pretrained:{folder / 'model.safetensors'}"})
+                                             "init_from": f"pretrained:{CheckpointDir(folder).ema_file}"})
     get_run_logger().info("resuming champion v%s (%s) from %s", champion.version, variant, folder)
     result = pipeline(params=resumed, records=records)
     result["previous_champion"] = str(champion.version)
@@ -103,7 +104,7 @@ def evaluate_model(params: EvaluateParams = EvaluateParams(), records: RecordsCo
     rec = Records(records)
     mv = resolve_version(rec, params.model_name, params.version)
     folder, tags = fetch_version_checkpoint(rec, mv)
-    stored = json.loads((folder / "config.json").read_text())
+    stored = CheckpointDir(folder).read_config()
     weights = params.weights or tags.get(WEIGHTS_TAG) or "ema"
     config = GroupDiffConfig.model_validate(apply_overrides(stored, {
         **params.protocol_overrides(), "sampler.seed": params.seed, **params.classifier_overrides()}))

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-Weights = Literal["ema", "raw"]
+from .train.checkpoint import CheckpointDir
+
+Weights = Literal["ema", "raw"]  # the keys of CheckpointDir.WEIGHT_FILES
 DEFAULT_WEIGHTS: Weights = "ema"
-EMA_FILE = "model.safetensors"
-RAW_FILE = "weights.safetensors"
-WEIGHT_FILES: dict[str, str] = {"ema": EMA_FILE, "raw": RAW_FILE}
 WEIGHTS_DESCRIPTION = (
-    "Which weights of a training checkpoint are used: 'ema' (model.safetensors, the EMA) or 'raw' "
-    "(weights.safetensors, the optimizer's weights)."
+    f"Which weights of a training checkpoint are used: 'ema' ({CheckpointDir.EMA}, the EMA) or 'raw' "
+    f"({CheckpointDir.RAW}, the optimizer's weights)."
 )

@@ -7,7 +7,8 @@ import os
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import add_preset_arguments
-    from ..weights import DEFAULT_WEIGHTS, WEIGHT_FILES
+    from ..train.checkpoint import CheckpointDir
+    from ..weights import DEFAULT_WEIGHTS
 
     parser = sub.add_parser(
         "sample", help="sample class-balanced groups (baseline / GroupDiff-f / GroupDiff-l) to an ADM .npz",
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set sampler.method=sde-euler --set sampler.num_steps=250. Rank/world size default to the "
         "RANK/WORLD_SIZE environment (torchrun). Rerunning resumes: finished shards are skipped.",
     )
-    parser.add_argument("--checkpoint", default="", help="checkpoint dir with model.safetensors + config.json "
+    parser.add_argument("--checkpoint", default="", help=f"checkpoint dir with {CheckpointDir.EMA} + {CheckpointDir.CONFIG} "
                         "(omit to use --preset with random weights: tests and demos only)")
     add_preset_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
@@ -31,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--attention-layers", type=int, nargs="*", default=[], help="blocks for S_cross (default all)")
     parser.add_argument("--attention-window", type=float, nargs=2, default=[0.0, 1.0], metavar=("T_LOW", "T_HIGH"),
                         help="S_cross records network calls with t in this window (t=1 noise)")
-    parser.add_argument("--weights", choices=sorted(WEIGHT_FILES), default=DEFAULT_WEIGHTS,
-                        help="checkpoint weights to sample: ema (model.safetensors) or raw (weights.safetensors)")
+    parser.add_argument("--weights", choices=sorted(CheckpointDir.WEIGHT_FILES), default=DEFAULT_WEIGHTS,
+                        help=f"checkpoint weights to sample: ema ({CheckpointDir.EMA}) or raw ({CheckpointDir.RAW})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.set_defaults(func=run)

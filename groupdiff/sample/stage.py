@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
@@ -33,16 +32,15 @@ import torch
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
+from ..atomic import atomic_path, write_json_atomic
 from ..config import GroupDiffConfig, apply_overrides, load_preset
 from ..config_base import Section
 from ..metrics.npz import SampleBatch, read_samples_npz, to_uint8_nhwc, write_samples_npz
-from ..weights import DEFAULT_WEIGHTS, EMA_FILE, RAW_FILE, WEIGHT_FILES, WEIGHTS_DESCRIPTION, Weights
+from ..train.checkpoint import LATEST, CheckpointDir, find_latest
+from ..weights import DEFAULT_WEIGHTS, WEIGHTS_DESCRIPTION, Weights
 from .attention_score import CrossAttentionRecorder
 from .generate import class_balanced_labels, generate
 
-WEIGHTS_FILE = EMA_FILE  # what resolve_checkpoint_dir looks for: every checkpoint folder has its EMA file
-RAW_WEIGHTS_FILE = RAW_FILE
-CONFIG_FILE = "config.json"
 LOADED_WEIGHTS_ATTR = "groupdiff_weights"  # set on models by load_model_and_config: which file they hold
 
 
@@ -98,12 +96,10 @@ def derive_seed(seed: int, first_group: int) -> int:
 
 def resolve_checkpoint_dir(path: str | Path) -> Path:
     """A checkpoint folder from a folder, a training run directory or its ``checkpoints/latest`` pointer."""
-    from ..train.checkpoint import LATEST, find_latest
-
     folder = Path(path)
     if folder.is_file() and folder.name == LATEST:  # the trainer's pointer file names the folder beside it
         return folder.parent / folder.read_text().strip()
-    if (folder / WEIGHTS_FILE).is_file():
+    if CheckpointDir(folder).ema_file.is_file():  # every checkpoint folder has its EMA weights
         return folder
     latest = find_latest(folder)  # a run directory: its latest complete checkpoint
     return latest if latest is not None else folder
@@ -119,18 +115,15 @@ def load_model_and_config(
     holds (attribute ``groupdiff_weights``: 'ema', 'raw' or 'init'), checked by :func:`run`."""
     from ..models import build_model, read_state_dict
 
-    if weights not in WEIGHT_FILES:
-        raise ValueError(f"weights={weights!r}; expected one of {sorted(WEIGHT_FILES)}")
+    if weights not in CheckpointDir.WEIGHT_FILES:
+        raise ValueError(f"weights={weights!r}; expected one of {sorted(CheckpointDir.WEIGHT_FILES)}")
     if checkpoint:
-        folder = resolve_checkpoint_dir(checkpoint)
-        file = WEIGHT_FILES[weights]
-        for name in (file, CONFIG_FILE):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(
-                    f"checkpoint dir {str(folder)!r} has no {name} (weights={weights!r} needs {file} + {CONFIG_FILE}; "
-                    f"training checkpoints hold {WEIGHTS_FILE} = EMA and {RAW_WEIGHTS_FILE} = raw)"
-                )
-        data = json.loads((folder / CONFIG_FILE).read_text())
+        ckpt = CheckpointDir(resolve_checkpoint_dir(checkpoint))
+        folder, file = ckpt.path, CheckpointDir.WEIGHT_FILES[weights]
+        ckpt.require(file, CheckpointDir.CONFIG, needed_for=(
+            f"weights={weights!r} needs {file} + {CheckpointDir.CONFIG}; training checkpoints hold "
+            f"{CheckpointDir.EMA} = EMA and {CheckpointDir.RAW} = raw"))
+        data = ckpt.read_config()
         config = GroupDiffConfig.model_validate(apply_overrides(data, overrides or []))
         model = build_model(config.model)
         state, _ = read_state_dict(folder / file)
@@ -223,10 +216,7 @@ def _check_plan(out: Path, plan: dict) -> None:
                 "other weights, config, sample count or batch layout); use another --out folder"
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{PLAN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(plan, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, plan, default=None)
 
 
 def _generate_shard(
@@ -275,7 +265,7 @@ def run(
     if stage.rank >= stage.world_size:
         raise ValueError(f"rank={stage.rank} must be below world_size={stage.world_size}")
     loaded = getattr(model, LOADED_WEIGHTS_ATTR, None)
-    if loaded in WEIGHT_FILES and loaded != stage.weights:
+    if loaded in CheckpointDir.WEIGHT_FILES and loaded != stage.weights:
         raise ValueError(
             f"the model holds the checkpoint's {loaded!r} weights but the stage says weights={stage.weights!r}; "
             f"load it with load_model_and_config(..., weights={stage.weights!r})"
@@ -340,13 +330,11 @@ def save_group_grid(images: np.ndarray, group_size: int, num_groups: int, path: 
 
 
 def _save_png(x: torch.Tensor, path: Path, **grid) -> Path:
-    """``torchvision.utils.save_image(x, **grid)`` to a temp name, renamed to ``path`` when complete."""
+    """``torchvision.utils.save_image(x, **grid)`` to ``path`` atomically."""
     from torchvision.utils import save_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    save_image(x, tmp, **grid)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_image(x, tmp, **grid)
     return path
 
 
@@ -377,7 +365,4 @@ def _write_record(out: Path, stage: SampleStageConfig, config: GroupDiffConfig, 
         "shards_written": result.shards_written, "shards_skipped": result.shards_skipped, "seconds": seconds,
     }
     name = "sample.json" if stage.world_size == 1 else f"sample.rank{stage.rank}.json"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{name}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(out / name)
+    write_json_atomic(out / name, record)

@@ -1,6 +1,7 @@
-"""Run checkpoints: written atomically, found again by ``resume: auto``, pruned to the last K.
+"""Run checkpoints: one :class:`CheckpointDir` type, written atomically, found again by ``resume: auto``,
+pruned to the last K.
 
-Layout of ``<run>/checkpoints/step_XXXXXXXX/``::
+Layout of ``<run>/checkpoints/step_XXXXXXXX/`` (the names are :class:`CheckpointDir`'s attributes)::
 
     ds/                 DeepSpeed checkpoint (tag ``state``; model, optimizer, every rank's ZeRO shards)
     model.safetensors   consolidated EMA weights (what the sampler loads)
@@ -8,29 +9,178 @@ Layout of ``<run>/checkpoints/step_XXXXXXXX/``::
     config.json         the full GroupDiffConfig of the run
     trainer_state.json  step, epoch, batch index, world size, counters
     rng/rank<r>.pt      each rank's torch RNG states
+    universal/          DeepSpeed's universal copy of ``ds/`` (made on demand, see ``universal.py``)
 
 Every rank writes into ``.tmp-step_XXXXXXXX``; after a barrier rank 0 renames it to its final name and
-only then rewrites the ``latest`` pointer (itself via a temp file and ``os.replace``). A crash at any
-point leaves either the previous ``latest`` or the new one, never a half-written checkpoint.
+only then rewrites the ``latest`` pointer (itself written atomically). A crash at any point leaves either
+the previous ``latest`` or the new one, never a half-written checkpoint.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.distributed as dist
+from ..atomic import replace_dir, write_text_atomic
 
-from ..config import GroupDiffConfig
-from ..weights import EMA_FILE, RAW_FILE
+if TYPE_CHECKING:
+    from ..config import GroupDiffConfig
 
 LATEST = "latest"
 TAG = "state"
 # Train fields a resumed run must share with its checkpoint: the epoch plans and draws depend on them.
 RESUME_FIXED_FIELDS = ("variant", "group_size", "group_ratio", "global_batch_images", "seed")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is there but unreadable (the message names the file and what it should hold)."""
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """One checkpoint folder: the names of its files, how they are written and how they are checked.
+
+    Torch-free to import (the CLI and flows use the names); writing needs torch and safetensors."""
+
+    path: Path
+
+    EMA: ClassVar[str] = "model.safetensors"
+    RAW: ClassVar[str] = "weights.safetensors"
+    CONFIG: ClassVar[str] = "config.json"
+    STATE: ClassVar[str] = "trainer_state.json"
+    DS: ClassVar[str] = "ds"
+    RNG: ClassVar[str] = "rng"
+    UNIVERSAL: ClassVar[str] = "universal"
+    WEIGHT_FILES: ClassVar[dict[str, str]] = {"ema": EMA, "raw": RAW}  # by ``Weights`` choice
+    FILES: ClassVar[tuple[str, ...]] = (EMA, RAW, CONFIG, STATE)  # the single files every checkpoint holds
+    EXPECTED: ClassVar[dict[str, str]] = {
+        EMA: "the consolidated EMA weights (safetensors)", RAW: "the consolidated raw weights (safetensors)",
+        CONFIG: "the run's GroupDiffConfig (JSON)", STATE: "the trainer state: step, epoch, world size (JSON)",
+    }
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def ema_file(self) -> Path:
+        return self.path / self.EMA
+
+    @property
+    def raw_file(self) -> Path:
+        return self.path / self.RAW
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / self.STATE
+
+    @property
+    def ds_dir(self) -> Path:
+        return self.path / self.DS
+
+    @property
+    def universal_dir(self) -> Path:
+        return self.path / self.UNIVERSAL
+
+    def weights_file(self, weights: str = "ema") -> Path:
+        """The weights file of a ``Weights`` choice ('ema' or 'raw')."""
+        if weights not in self.WEIGHT_FILES:
+            raise ValueError(f"weights={weights!r}; expected one of {sorted(self.WEIGHT_FILES)}")
+        return self.path / self.WEIGHT_FILES[weights]
+
+    def rng_file(self, rank: int) -> Path:
+        return self.path / self.RNG / f"rank{rank}.pt"
+
+    def is_complete(self) -> bool:
+        """True once the trainer state is there (written last, inside the temp folder, before the rename)."""
+        return self.state_file.is_file()
+
+    def require(self, *names: str, needed_for: str = "") -> "CheckpointDir":
+        """Check the files ``names`` (default: :attr:`FILES`); returns self. A missing one raises
+        ``FileNotFoundError``, a truncated or unreadable one :class:`CheckpointError`; both name the file,
+        what it should hold and ``needed_for`` (why the caller needs it)."""
+        for name in names or self.FILES:
+            file = self.path / name
+            what = self.EXPECTED.get(name, name)
+            if not file.is_file():
+                why = f"; {needed_for}" if needed_for else ""
+                raise FileNotFoundError(f"checkpoint dir {str(self.path)!r} has no {name} ({what}){why}; expected a "
+                                        "folder written by groupdiff train (checkpoints/step_XXXXXXXX)")
+            problem = _safetensors_problem(file) if name.endswith(".safetensors") else _json_problem(file)
+            if problem:
+                raise CheckpointError(f"checkpoint file {str(file)!r} is corrupt ({problem}); expected {what}")
+        return self
+
+    def read_state(self) -> dict[str, Any]:
+        """The trainer state (step, epoch, index, world size, counters)."""
+        return json.loads(self.require(self.STATE).state_file.read_text())
+
+    def read_config(self) -> dict[str, Any]:
+        """The run's config as a dict (validate with ``GroupDiffConfig.model_validate``)."""
+        return json.loads(self.require(self.CONFIG).config_file.read_text())
+
+    def create(self) -> "CheckpointDir":
+        """A fresh empty folder (any leftover of a crashed save removed) with its ``rng/`` subfolder."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        (self.path / self.RNG).mkdir(parents=True)
+        return self
+
+    def write_rng(self, rank: int) -> None:
+        """This rank's torch RNG states."""
+        import torch
+
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, self.rng_file(rank))
+
+    def write_rank0_files(self, ema_state: dict, raw_state: dict, config: GroupDiffConfig,
+                          state: dict[str, Any]) -> None:
+        """The consolidated weights, config and trainer state (the state last: it marks the folder complete).
+        Written into the temp folder of :func:`save_checkpoint`, whose rename makes them appear at once."""
+        from safetensors.torch import save_file
+
+        save_file(ema_state, str(self.ema_file))
+        save_file(raw_state, str(self.raw_file))
+        self.config_file.write_text(config.model_dump_json(indent=2))
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"not valid JSON: {exc}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (header length, JSON header, data size), or None."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            return f"{size} bytes, shorter than the 8-byte header length"
+        (length,) = struct.unpack("<Q", raw)
+        if 8 + length > size:
+            return f"header of {length} bytes does not fit in {size} bytes"
+        try:
+            header = json.loads(f.read(length))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"unreadable header: {exc}"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        return f"truncated: tensors end at byte {8 + length + end} of {size}"
+    return None
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -44,58 +194,34 @@ def step_dir_name(step: int) -> str:
 
 
 def _barrier() -> None:
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temp file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def save_checkpoint(engine, ema, config: GroupDiffConfig, state: dict[str, Any], run_dir: str | Path,
                     rank: int, keep_last: int) -> Path:
     """Save a checkpoint at ``state['step']`` on every rank (a collective call); returns its folder."""
-    from safetensors.torch import save_file
-
     from .optim import full_state_dict
 
     root = checkpoint_root(run_dir)
     name = step_dir_name(int(state["step"]))
-    tmp, final = root / f".tmp-{name}", root / name
+    staging = CheckpointDir(root / f".tmp-{name}")  # the same name on every rank
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        (tmp / "rng").mkdir()
+        staging.create()
     _barrier()
-    engine.save_checkpoint(str(tmp / "ds"), tag=TAG, client_state={"trainer_state": state}, save_latest=False)
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, tmp / "rng" / f"rank{rank}.pt")
+    engine.save_checkpoint(str(staging.ds_dir), tag=TAG, client_state={"trainer_state": state}, save_latest=False)
+    staging.write_rng(rank)
     raw = full_state_dict(engine.module)  # collective under ZeRO-3
     if rank == 0:
-        save_file(ema.state_dict(), str(tmp / EMA_FILE))
-        save_file(raw, str(tmp / RAW_FILE))
-        (tmp / "config.json").write_text(config.model_dump_json(indent=2))
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        staging.write_rank0_files(ema.state_dict(), raw, config, state)
     _barrier()
+    final = root / name
     if rank == 0:
-        if final.exists():  # the same step saved again (e.g. a resumed run's final checkpoint): replace it
-            old = root / f".old-{name}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        pointer = root / f".{LATEST}.tmp"
-        pointer.write_text(name)
-        os.replace(pointer, root / LATEST)
+        replace_dir(staging.path, final)  # the same step saved again (a resumed run's final save) replaces it
+        write_text_atomic(root / LATEST, name)
         prune(root, keep_last)
     _barrier()
     return final
@@ -105,7 +231,7 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoint folders under ``root``, oldest first (temp folders never count)."""
     if not root.exists():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "trainer_state.json").exists())
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and CheckpointDir(p).is_complete())
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -122,7 +248,7 @@ def find_latest(run_dir: str | Path) -> Path | None:
     pointer = root / LATEST
     if pointer.exists():
         named = root / pointer.read_text().strip()
-        if (named / "trainer_state.json").exists():
+        if CheckpointDir(named).is_complete():
             return named
     found = list_checkpoints(root)
     return found[-1] if found else None
@@ -137,12 +263,12 @@ def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
     path = Path(resume)
     if not path.exists():
         raise FileNotFoundError(f"train.resume={resume!r}: no such checkpoint or run directory")
-    if (path / "trainer_state.json").exists():
+    if CheckpointDir(path).is_complete():
         return path
     latest = find_latest(path)
     if latest is None:
         raise FileNotFoundError(
-            f"train.resume={resume!r} is neither a checkpoint folder (with trainer_state.json) nor a run "
+            f"train.resume={resume!r} is neither a checkpoint folder (with {CheckpointDir.STATE}) nor a run "
             "directory holding checkpoints/"
         )
     return latest
@@ -150,13 +276,14 @@ def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
 
 def read_checkpoint_meta(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(trainer_state, config dict) of a checkpoint folder."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    config = json.loads((path / "config.json").read_text())
-    return state, config
+    folder = CheckpointDir(path)
+    return folder.read_state(), folder.read_config()
 
 
 def check_resumable(path: Path, config: GroupDiffConfig) -> dict[str, Any]:
-    """Refuse a checkpoint of another model or data order (before any compute); return its trainer state."""
+    """Refuse a checkpoint of another model or data order, or with a missing or corrupt file (before any
+    compute); return its trainer state."""
+    CheckpointDir(path).require()
     state, saved = read_checkpoint_meta(path)
     ours = config.model.model_dump()
     diff = {k: (saved["model"].get(k), v) for k, v in ours.items() if saved["model"].get(k) != v}
@@ -169,14 +296,16 @@ def check_resumable(path: Path, config: GroupDiffConfig) -> dict[str, Any]:
         detail = ", ".join(f"train.{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in fixed.items())
         raise ValueError(
             f"cannot resume {str(path)!r} exactly ({detail}); to start a new run from its weights use "
-            f"train.init_from=pretrained:{path / 'weights.safetensors'}"
+            f"train.init_from=pretrained:{CheckpointDir(path).raw_file}"
         )
     return state
 
 
 def load_rng(path: Path, rank: int) -> None:
     """Restore this rank's torch RNG states (weights-only load)."""
-    file = path / "rng" / f"rank{rank}.pt"
+    import torch
+
+    file = CheckpointDir(path).rng_file(rank)
     if not file.exists():
         return
     rng = torch.load(file, map_location="cpu", weights_only=True)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..config import GroupDiffConfig
 from ..tracking import NullTracker, Tracker
 from ..transport.losses import training_losses
-from .checkpoint import TAG, check_resumable, find_latest, load_rng, resolve_resume, save_checkpoint
+from .checkpoint import TAG, CheckpointDir, check_resumable, find_latest, load_rng, resolve_resume, save_checkpoint
 from .data import EpochPlans, check_dataset, class_neighbours, draw_step, load_dataset, load_group_table
 from .ds_config import batch_layout, deepspeed_config, use_bf16
 from .launch import device_type, ensure_rendezvous_env, init_distributed
@@ -74,9 +74,9 @@ def _initial_weights(model, config: GroupDiffConfig, resume: Path | None, same_w
     if resume is not None:
         if same_world:
             return {"source": str(resume), "mode": "resume"}
-        state = load_file(str(resume / "weights.safetensors"))
-        model.load_state_dict(state, strict=True)
-        return {"source": str(resume / "weights.safetensors"), "mode": "resume-consolidated"}
+        raw_file = CheckpointDir(resume).raw_file
+        model.load_state_dict(load_file(str(raw_file)), strict=True)
+        return {"source": str(raw_file), "mode": "resume-consolidated"}
     if config.train.pretrained_path:
         state, entry = read_state_dict(config.train.pretrained_path)
         report = load_official_state_dict(model, state, source_entry=entry)
@@ -160,7 +160,7 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
         from safetensors.torch import load_file
 
         if same_world or universal:
-            folder = resume / "ds" if same_world else universal_dir(resume)
+            folder = CheckpointDir(resume).ds_dir if same_world else universal_dir(resume)
             loaded, _ = engine.load_checkpoint(str(folder), tag=TAG, load_optimizer_states=True,
                                                load_lr_scheduler_states=False)
             if loaded is None:
@@ -174,7 +174,7 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
                 "the optimizer state (AdamW moments) and per-rank RNG states do NOT and restart fresh "
                 "(training draws are keyed by step, so data order and noise are unaffected)"
             )
-        ema.load_state_dict(load_file(str(resume / "model.safetensors")))
+        ema.load_state_dict(load_file(str(CheckpointDir(resume).ema_file)))
         state = {k: saved_state[k] for k in ("step", "epoch", "index", "counters")}
 
     own_tracker = tracker is None

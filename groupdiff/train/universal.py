@@ -19,28 +19,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import os
-import shutil
 from pathlib import Path
 
 import torch.distributed as dist
 
+from ..atomic import atomic_dir
+from .checkpoint import CheckpointDir
 from ..config import GroupDiffConfig
 
-UNIVERSAL_DIR = "universal"
-DS_DIR = "ds"
-MODEL_STATES = "mp_rank_00_model_states.pt"
+MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's file name inside a tag folder
 
 
 def universal_dir(checkpoint: str | Path) -> Path:
     """``<checkpoint>/universal``: the load folder of the universal copy (tag folder inside)."""
-    return Path(checkpoint) / UNIVERSAL_DIR
+    return CheckpointDir(checkpoint).universal_dir
 
 
 def can_resume_universal(checkpoint: str | Path, config: GroupDiffConfig) -> bool:
     """True when the checkpoint and the resuming run both use ZeRO stage >= 1 (what the loader needs)."""
-    saved = json.loads((Path(checkpoint) / "config.json").read_text())
+    saved = CheckpointDir(checkpoint).read_config()
     return int(saved["train"].get("zero_stage", 0)) >= 1 and config.train.zero_stage >= 1
 
 
@@ -54,26 +51,21 @@ def convert_to_universal(checkpoint: str | Path, tag: str) -> Path:
     final = universal_dir(checkpoint)
     if (final / tag / MODEL_STATES).is_file():
         return final
-    source = checkpoint / DS_DIR / tag
+    source = CheckpointDir(checkpoint).ds_dir / tag
     if not (source / MODEL_STATES).is_file():
         raise FileNotFoundError(
             f"checkpoint {str(checkpoint)!r} has no DeepSpeed state {str(source / MODEL_STATES)!r} to convert to the "
             "universal format (expected a folder written by groupdiff train)"
         )
-    tmp = checkpoint / f".tmp-{UNIVERSAL_DIR}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    args = argparse.Namespace(input_folder=str(source), output_folder=str(tmp / tag), num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):  # the converter prints its progress; keep it for errors only
-            ds_to_universal(args)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise RuntimeError(f"ds_to_universal failed on {source}: {exc}\n{log.getvalue()[-2000:]}") from exc
-    if final.exists():  # an older incomplete copy (no model states): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:  # replaces an older incomplete copy (no model states)
+        args = argparse.Namespace(input_folder=str(source), output_folder=str(tmp / tag), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(log):  # the converter prints its progress; keep it for errors only
+                ds_to_universal(args)
+        except BaseException as exc:
+            raise RuntimeError(f"ds_to_universal failed on {source}: {exc}\n{log.getvalue()[-2000:]}") from exc
     return final
 
 
