@@ -10,16 +10,16 @@ they are read as before and reported as unverifiable, not as errors.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from groupdiff.atomic import temp_prefix, write_text_atomic
 
 from .objectstore import ObjectNotFoundError, ObjectStore, sha256_file
 
 MANIFEST = "manifest.json"
 FILES = "files"  # the manifest field listing the folder's files
-_PARTIAL = f".{MANIFEST}.partial-"  # the local manifest copy while it is written
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -61,12 +61,6 @@ def listed_files(manifest: dict) -> list[FileEntry] | None:
     return entries
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_PARTIAL}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def publish_folder(store: ObjectStore, prefix: str, folder: str | Path, fields: dict) -> dict:
     """Upload every file under ``folder`` to ``prefix/<relative name>`` (each atomically), then the manifest:
     ``fields`` plus the ``files`` list (name, size, sha256 of what was uploaded). The manifest object is
@@ -77,7 +71,7 @@ def publish_folder(store: ObjectStore, prefix: str, folder: str | Path, fields: 
         raise ValueError(f"manifest field {FILES!r} is written by publish_folder; the stage's fields must not set it "
                          f"(got {fields[FILES]!r:.200})")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST
-                   and not p.name.startswith(_PARTIAL))
+                   and not p.name.startswith(temp_prefix(MANIFEST)))  # the local copy while it is written
     if not paths:
         raise FileNotFoundError(f"nothing to publish to {store.uri(prefix)}: {folder} holds no file (expected the "
                                 "stage's outputs)")
@@ -89,7 +83,7 @@ def publish_folder(store: ObjectStore, prefix: str, folder: str | Path, fields: 
     manifest = {**fields, FILES: files}
     text = json.dumps(manifest, indent=2, default=str)
     store.put_bytes(f"{prefix}/{MANIFEST}", text.encode())
-    _write_text_atomic(folder / MANIFEST, text)
+    write_text_atomic(folder / MANIFEST, text)
     return manifest
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import BinaryIO
+
+from groupdiff.atomic import atomic_write, write_bytes_atomic
 
 from .objectstore import (
     CHUNK, PARTIAL_DIR, HashingReader, ObjectInfo, ObjectNotFoundError, ObjectStore, ObjectStoreError,
@@ -21,27 +22,13 @@ from .uri import check_key
 META_DIR = ".meta"
 
 
-def _write_atomic(dest: Path, stream: BinaryIO, size: int, partial_dir: Path,
-                  reader: HashingReader | None = None) -> HashingReader:
-    """Copy ``size`` bytes from ``stream`` to ``dest`` through a temporary file; returns the hashing reader."""
-    partial_dir.mkdir(parents=True, exist_ok=True)
-    tmp = partial_dir / uuid.uuid4().hex
-    reader = reader or HashingReader(stream)
-    try:
-        with tmp.open("wb") as out:
-            while reader.size < size:
-                block = reader.read(min(CHUNK, size - reader.size))
-                if not block:
-                    raise IOError(f"stream ended after {reader.size} of {size} bytes")
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    finally:
-        reader.close()
-        tmp.unlink(missing_ok=True)
-    return reader
+def _copy(reader: HashingReader, out: BinaryIO, size: int) -> None:
+    """Copy ``size`` bytes from ``reader`` to ``out``."""
+    while reader.size < size:
+        block = reader.read(min(CHUNK, size - reader.size))
+        if not block:
+            raise IOError(f"stream ended after {reader.size} of {size} bytes")
+        out.write(block)
 
 
 class FileStore(ObjectStore):
@@ -60,21 +47,17 @@ class FileStore(ObjectStore):
     def put_stream(self, key: str, stream: BinaryIO, size: int) -> ObjectInfo:
         user_key(key)
         partial = self.path / PARTIAL_DIR
-        tmp_name = f"{uuid.uuid4().hex}.data"
-        staged = partial / tmp_name
+        reader = self._reader(stream, size, f"put {key}")
         try:
-            reader = _write_atomic(staged, stream, size, partial, self._reader(stream, size, f"put {key}"))
-            info = ObjectInfo(key, reader.size, reader.hash.hexdigest(), self.uri(key))
-            meta = json.dumps({"size": info.size, "sha256": info.sha256}).encode()
-            import io
-
-            # record first, then publish the data: a crash in between leaves a record without data
-            # (the key is absent) or, on overwrite, a record that no longer matches (detected on read)
-            _write_atomic(self._meta(key), io.BytesIO(meta), len(meta), partial)
-            (self.path / key).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, self.path / key)
+            with atomic_write(self.path / key, tmp_dir=partial) as out:
+                _copy(reader, out, size)
+                info = ObjectInfo(key, reader.size, reader.hash.hexdigest(), self.uri(key))
+                meta = json.dumps({"size": info.size, "sha256": info.sha256}).encode()
+                # record first, then publish the data: a crash in between leaves a record without data
+                # (the key is absent) or, on overwrite, a record that no longer matches (detected on read)
+                write_bytes_atomic(self._meta(key), meta, tmp_dir=partial)
         finally:
-            staged.unlink(missing_ok=True)
+            reader.close()
         return info
 
     def stat(self, key: str) -> ObjectInfo:
@@ -93,17 +76,15 @@ class FileStore(ObjectStore):
 
     def get_file(self, key: str, dest: str | Path) -> ObjectInfo:
         info = self.stat(key)
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with (self.path / key).open("rb") as src:
-                actual = os.fstat(src.fileno()).st_size
-                reader = _write_atomic(staged, src, actual, dest.parent, self._reader(src, actual, f"get {key}"))
-            verify(key, info, reader.size, reader.hash.hexdigest())
-            os.replace(staged, dest)
-        finally:
-            staged.unlink(missing_ok=True)
+        with (self.path / key).open("rb") as src:
+            actual = os.fstat(src.fileno()).st_size
+            reader = self._reader(src, actual, f"get {key}")
+            try:
+                with atomic_write(dest) as out:  # published only once the checksum matches
+                    _copy(reader, out, actual)
+                    verify(key, info, reader.size, reader.hash.hexdigest())
+            finally:
+                reader.close()
         return info
 
     def list(self, prefix: str = "") -> list[str]:

@@ -20,6 +20,8 @@ from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
 from minio.error import S3Error
 
+from groupdiff.atomic import atomic_write
+
 from .config import (
     ENV_ACCESS_KEY, ENV_ENDPOINT, ENV_ENDPOINT_FALLBACK, ENV_REGION, ENV_SECRET_KEY, MIB, ObjectStoreConfig,
 )
@@ -155,22 +157,17 @@ class S3Store(ObjectStore):
 
     def get_file(self, key: str, dest: str | Path) -> ObjectInfo:
         info = self.stat(key)
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staged = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.partial")
         response = self._call(f"download of {key!r}", lambda: self.client.get_object(self.bucket, self._name(key)))
         reader = self._reader(response, info.size, f"get {key}")
         try:
-            with staged.open("wb") as out:
+            with atomic_write(dest) as out:  # published only once the checksum matches
                 for block in iter(lambda: reader.read(CHUNK), b""):
                     out.write(block)
-            verify(key, info, reader.size, reader.hash.hexdigest())
-            os.replace(staged, dest)
+                verify(key, info, reader.size, reader.hash.hexdigest())
         finally:
             reader.close()
             response.close()
             response.release_conn()
-            staged.unlink(missing_ok=True)
         return info
 
     def list(self, prefix: str = "") -> list[str]:
