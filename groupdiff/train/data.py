@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..config import GroupDiffConfig
 from ..grouping.plans import PlannedBatch, build_epoch_plan, shard_batch
 from ..transport.losses import sample_timesteps
+
+if TYPE_CHECKING:  # annotations only: the composed config imports this package's section
+    from ..config import GroupDiffConfig
 
 
 def load_dataset(config: GroupDiffConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,13 +15,16 @@ timesteps, noise and sample ids, forward passes only:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import GroupDiffConfig
 from ..grouping.plans import build_epoch_plan
 from ..transport.losses import sample_timesteps, training_losses
 from .data import step_generator
+
+if TYPE_CHECKING:  # annotations only: the composed config imports this package's section
+    from ..config import GroupDiffConfig
 
 PROBE_STREAM = 1  # generator stream of the probe's fixed draws
 PROBE_EPOCH = 2**31 - 1  # plan epoch reserved for the probe's groups (training epochs count up from 0)
