@@ -24,11 +24,10 @@ from .data_tasks import MANIFEST, _metrics, already_published, fetch
 from .records import Records, RecordsConfig
 
 
-def inference_overrides(config: GroupDiffConfig) -> list[str]:
-    """``sampler.*`` / ``guidance.*`` overrides applied to a checkpoint's stored config when sampling it."""
-    items = {f"sampler.{k}": v for k, v in config.sampler.model_dump().items()}
-    items.update({f"guidance.{k}": v for k, v in config.guidance.model_dump().items()})
-    return [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in items.items()]
+def inference_overrides(config: GroupDiffConfig) -> dict[str, dict]:
+    """The ``sampler`` and ``guidance`` sections of ``config``, typed values as they are, replacing those of a
+    checkpoint's stored config when sampling it (no text round trip)."""
+    return {"sampler": config.sampler.model_dump(), "guidance": config.guidance.model_dump()}
 
 
 def protocol_id(config: GroupDiffConfig, num_samples: int, classifier_digest: str, reference_limit: int,
@@ -68,14 +67,14 @@ def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, ch
                                            weights=weights)
         stage = SampleStageConfig(out_dir=str(folder / "stage"), num_samples=num_samples,
                                   batch_groups=max(1, batch_images // cfg.guidance.group_size),
-                                  cfg_scales=[config.guidance.cfg_scale], grid_groups=4,
+                                  grid_groups=4,
                                   attention_score=cfg.guidance.group_size > 1, weights=weights)
         params = {"sampler": cfg.sampler.model_dump(), "guidance": cfg.guidance.model_dump(), "num_samples": num_samples,
                   "weights": weights}
         with stage_run(rec, parent_run_id, f"sample-{checkpoint['variant']}", params) as run_id:
             rec.mlflow.set_tag(run_id, WEIGHTS_TAG, weights)
             result = run_stage(stage, cfg, model, progress=False)
-            scale = config.guidance.cfg_scale
+            scale = stage.scales(cfg)[0]
             npz, grid = Path(result.npz[scale]), result.grids.get(scale)
             (folder / "samples.npz").write_bytes(npz.read_bytes())
             (folder / "sample.json").write_text((folder / "stage" / "sample.json").read_text())

@@ -291,7 +291,7 @@ def merge(params: FanoutParams, num_shards: int) -> dict:
 
         model, config = _cached(_key(params, "sample"), lambda: _sample_model(params))
         result = run(params.stage_config(), config, model, progress=False, shards=[], merge=True)
-        scales = params.sample.cfg_scales or [config.guidance.cfg_scale]
+        scales = params.sample.scales(config)
         if len(result.npz) != len(scales):
             missing = sorted(str(p.relative_to(out)) for s in scales for i in range(num_shards)
                              if not (p := out / "shards" / f"cfg{s:g}" / f"shard_{i:05d}.npz").is_file())

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from groupdiff.config import GroupDiffConfig, load_preset
+from groupdiff.config import GroupDiffConfig, load_preset, parse_overrides
 from groupdiff.config_base import Section
 from groupdiff.metrics.score import ScoreConfig
 from groupdiff.weights import DEFAULT_WEIGHTS, WEIGHTS_DESCRIPTION, Weights
@@ -100,6 +100,16 @@ class PipelineParams(EvalProtocolParams):
     overrides: list[str] = Field(
         default_factory=list, description="Extra preset overrides 'section.field=value' (e.g. model.depth=2).",
     )
+    mine_top_k: int | None = Field(None, ge=1, le=10_000, description="Candidates retrieved per anchor when mining "
+                                   "(empty = 4 x group_size, at least 16: room for N - 1 neighbours above the threshold).")
+    mine_on_gpu: Literal["auto", "never"] = Field("never", description="Mining index on a GPU when one is present "
+                                                  "('auto') or always on the CPU ('never': the same groups on every machine).")
+    mine_recall_sample: int = Field(0, ge=0, le=1_000_000, description="Queries that measure the mining index's "
+                                    "recall@k against exact search (0 = skip; the embedded data is searched exactly).")
+    checkpoint_every: int | None = Field(None, ge=1, le=10_000_000, description="Steps between training checkpoints "
+                                         "(empty = one, at the end: the pipeline samples the last).")
+    keep_checkpoints: int = Field(1, ge=1, le=1000, description="Checkpoints each training run keeps on disk (older "
+                                  "ones are deleted; the pipeline needs only the last).")
     init_from: str = Field("scratch", description="'scratch' or 'pretrained:<path>' (retrain-nightly passes the champion's weights).")
     register_models: bool = Field(True, description="Register the trained models and promote the better one to 'champion'.")
     model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name in MLflow.")
@@ -125,18 +135,18 @@ class PipelineParams(EvalProtocolParams):
         settings = {
             "data.limit": self.data_limit, "embed.encoder": self.encoder, "embed.seed": self.seed,
             "mine.mode": self.grouping_mode, "mine.tau": self.threshold, "mine.group_size": self.group_size,
-            "mine.seed": self.seed, "mine.top_k": max(16, self.group_size * 4), "mine.use_gpu": "never",
-            "mine.recall_sample": 0,
+            "mine.seed": self.seed, "mine.top_k": self.mine_top_k or max(16, self.group_size * 4),
+            "mine.use_gpu": self.mine_on_gpu, "mine.recall_sample": self.mine_recall_sample,
             **self.classifier_overrides(),
             "train.variant": variant, "train.group_size": self.group_size, "train.steps": steps,
             "train.global_batch_images": self.batch_images, "train.seed": self.seed,
-            "train.checkpoint_every": steps, "train.keep_last": 1, "train.num_threads": self.threads,
-            "train.init_from": self.init_from, "train.probe_every": self.probe_every,
+            "train.checkpoint_every": self.checkpoint_every or steps, "train.keep_last": self.keep_checkpoints,
+            "train.num_threads": self.threads, "train.init_from": self.init_from, "train.probe_every": self.probe_every,
             **self.protocol_overrides(), "sampler.seed": self.seed,
             "guidance.mode": mode, "guidance.group_size": n,
         }
-        try:
-            return load_preset(self.preset, [*(f"{k}={v}" for k, v in settings.items()), *self.overrides])
+        try:  # typed values as they are; only the user's text overrides are parsed (and win)
+            return load_preset(self.preset, {**settings, **parse_overrides(self.overrides)})
         except ValueError as exc:  # name the parameters, not only the config fields
             raise ValueError(f"pipeline parameters do not form a valid config for variant {variant!r}: {exc}") from exc
 

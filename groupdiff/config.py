@@ -134,16 +134,14 @@ class GuidanceConfig(_Section):
         return self
 
 
-class DemoTrainConfig(_Section):
-    """A short single-process training loop for the demo (`make run`)."""
+class DemoConfig(_Section):
+    """``groupdiff demo``: the preset's own training (the ``train`` section, the one trainer) cut short, then
+    sample grids."""
 
-    steps: int = Field(200, ge=1, le=1_000_000, description="Optimizer steps.")
-    batch_size: int = Field(64, ge=1, le=65_536, description="Images per step (groups of N count as N images).")
-    lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate (constant).")
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
-    grad_clip: float = Field(3.0, ge=0.0, description="Max gradient norm (0 = off).")
-    seed: int = Field(0, ge=0, description="Seed for init, data order and noise.")
-    num_threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0 = torch default).")
+    steps: int = Field(
+        300, ge=1, le=1_000_000,
+        description="Optimizer steps of the demo's training (replaces train.steps; one checkpoint, at the end).",
+    )
 
 
 class GroupDiffConfig(_Section):
@@ -158,7 +156,7 @@ class GroupDiffConfig(_Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Image embeddings for group mining.")
     mine: MineConfig = Field(default_factory=MineConfig, description="Group mining.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training (DeepSpeed).")
-    demo: DemoTrainConfig = Field(default_factory=DemoTrainConfig, description="Demo training loop.")
+    demo: DemoConfig = Field(default_factory=DemoConfig, description="The short demo run.")
 
     @model_validator(mode="after")
     def _cross_check(self) -> "GroupDiffConfig":
@@ -185,8 +183,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     import copy
 
     out = copy.deepcopy(data)
-    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
-    for key, value in items:
+    items = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    for key, value in items.items():
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -197,11 +195,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
     return out
 
 
-def _split_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form section.field=value")
-    key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value)
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """``["section.field=value", ...]`` (the command line's and the UI's text form) -> ``{"section.field": value}``
+    with YAML-typed values; later entries win. Code passes typed dicts and never formats this text itself."""
+    parsed: dict[str, Any] = {}
+    for text in texts:
+        if "=" not in text:
+            raise ValueError(f"override {text!r} is not of the form section.field=value")
+        key, value = text.split("=", 1)
+        parsed[key.strip()] = _parse_value(value)
+    return parsed
 
 
 def load_preset(name_or_path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> GroupDiffConfig:

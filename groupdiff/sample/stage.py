@@ -26,6 +26,7 @@ from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,10 @@ class SampleStageConfig(Section):
             raise ValueError(f"cfg_scales {value} must be distinct values in [0, 50]")
         return value
 
+    def scales(self, config: GroupDiffConfig) -> list[float]:
+        """The CFG scales to sample: ``cfg_scales``, or the config's one ``guidance.cfg_scale`` when empty."""
+        return list(self.cfg_scales) or [config.guidance.cfg_scale]
+
 
 @dataclass
 class SampleResult:
@@ -106,7 +111,7 @@ def resolve_checkpoint_dir(path: str | Path) -> Path:
 
 
 def load_model_and_config(
-    checkpoint: str | Path | None, preset: str = "tiny-fmnist", overrides: list[str] | None = None,
+    checkpoint: str | Path | None, preset: str = "tiny-fmnist", overrides: list[str] | dict[str, Any] | None = None,
     init_seed: int = 0, weights: Weights = DEFAULT_WEIGHTS,
 ) -> tuple[torch.nn.Module, GroupDiffConfig]:
     """A model in eval mode and its config: from a checkpoint dir (``config.json`` + ``model.safetensors``
@@ -272,7 +277,7 @@ def run(
         )
     labels, num_groups, num_shards = _plan(stage, config)
     decode = make_decoder(config, stage.device)
-    scales = stage.cfg_scales or [config.guidance.cfg_scale]
+    scales = stage.scales(config)
     out = Path(stage.out_dir)
     model = model.to(stage.device).eval()
     _check_plan(out, plan_digest(stage, config, model))

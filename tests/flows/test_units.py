@@ -61,6 +61,25 @@ def test_pipeline_settings_split_from_preset_overrides():
     assert params.config("baseline").model.depth == 2 and params.config("baseline").train.steps == 7
 
 
+def test_mining_and_checkpoint_settings_are_fields_with_their_defaults_in_one_place():
+    default = PipelineParams(group_size=8).config("groupdiff-l")
+    assert (default.mine.top_k, default.mine.use_gpu, default.mine.recall_sample) == (32, "never", 0)
+    assert default.train.checkpoint_every == default.train.steps and default.train.keep_last == 1
+    assert PipelineParams(group_size=2).config("groupdiff-l").mine.top_k == 16  # at least 16 candidates
+    given = PipelineParams(mine_top_k=50, mine_on_gpu="auto", mine_recall_sample=100, checkpoint_every=7,
+                           keep_checkpoints=3, train_steps=21).config("groupdiff-l")
+    assert (given.mine.top_k, given.mine.use_gpu, given.mine.recall_sample) == (50, "auto", 100)
+    assert (given.train.checkpoint_every, given.train.keep_last) == (7, 3)
+
+
+def test_typed_settings_reach_the_config_as_given_and_text_overrides_win():
+    # a value that text would change: ' #' starts a YAML comment, so a formatted 'train.init_from=...' lost the rest
+    path = "pretrained:/weights/run #2/model.safetensors"
+    assert PipelineParams(init_from=path).config("groupdiff-l").train.init_from == path
+    config = PipelineParams(threshold=0.125, overrides=["mine.tau=0.5", "guidance.cfg_scale=2.5"]).config("groupdiff-l")
+    assert config.mine.tau == 0.5 and config.guidance.cfg_scale == 2.5  # 'overrides' (the user's text) applied last
+
+
 def test_kill_recorded_kills_the_whole_process_group(tmp_path):
     # a parent with a child in a new session, like the training subprocess (torchrun + ranks)
     proc = subprocess.Popen([sys.executable, "-c", "import subprocess, time; "
