@@ -1,28 +1,31 @@
-"""The short demo behind ``make run`` until the full pipeline lands: train the tiny preset briefly on the
-built-in data in one process, then sample a class-balanced grid (baseline and GroupDiff-l inference).
+"""``groupdiff demo``: the preset's own training cut short, then sample grids (no Prefect, no MLflow).
 
-Everything comes from the config (``demo``, ``model``, ``transport``, ``sampler``, ``guidance``,
-``data`` sections); outputs go to one folder: ``model.safetensors``, ``config.json``, ``metrics.jsonl``,
-``samples_baseline.png``, ``samples_groupdiff-l.png`` and ``loss.png``.
+The demo is a preset of the one trainer (:func:`groupdiff.train.trainer.train`), not a loop of its own:
+the ``train`` section as configured, with ``train.steps = demo.steps`` and one checkpoint at the end, in
+one process on the built-in data. Then one class-balanced grid per inference mode (baseline and
+GroupDiff-l) is sampled from the final EMA weights.
+
+Outputs go to one folder: the run's ``config.json``, ``metrics.jsonl`` and ``checkpoints/``, plus
+``model.safetensors`` (the final EMA weights), ``samples_baseline.png``, ``samples_groupdiff-l.png`` and
+``loss.png``.
 """
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-from torchvision.utils import save_image
-from tqdm import tqdm
 
+from .atomic import atomic_path
 from .config import GroupDiffConfig
-from .data.fmnist import load_fmnist
-from .models import build_model, count_parameters
+from .models import count_parameters
 from .sample import class_balanced_labels, generate
-from .tracking import JsonlTracker
-from .transport import training_losses
+from .tracking import NullTracker
+from .train.checkpoint import CheckpointDir
+
+GRID_PER_CLASS = 8  # samples per class (row) in a grid
 
 
 @dataclass
@@ -36,83 +39,85 @@ class DemoResult:
     grids: list[Path]
 
 
-def train_demo(config: GroupDiffConfig, out_dir: Path, progress: bool = True) -> DemoResult:
-    """Train ``config.demo.steps`` AdamW steps (plain PyTorch, one process) and sample image grids."""
-    demo = config.demo
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if demo.num_threads:
-        torch.set_num_threads(demo.num_threads)
-    torch.manual_seed(demo.seed)
-    images, labels = load_fmnist(config.data.split, config.data.image_size, config.data.limit)
-    model = build_model(config.model)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=demo.lr, weight_decay=demo.weight_decay
-    )
-    generator = torch.Generator().manual_seed(demo.seed)
-    tracker = JsonlTracker(out_dir / "metrics.jsonl")
-    tracker.log_params(config.model_dump())
-    losses: list[float] = []
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(demo.steps), desc="demo train", disable=not progress)
-    for step in bar:
-        idx = torch.randint(0, images.shape[0], (demo.batch_size,), generator=generator)
-        loss = training_losses(model, images[idx], labels[idx], 1, config.transport, generator).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if demo.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), demo.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 10 == 0 or step == demo.steps - 1:
-            tracker.log_metrics({"loss": losses[-1]}, step=step)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    seconds = time.perf_counter() - start
+class _Losses(NullTracker):
+    """Keeps the logged losses of this run (``metrics.jsonl`` may also hold earlier runs in the same folder)."""
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
-    grids = sample_grids(config, model, out_dir)
-    for grid in grids:
-        tracker.log_artifact(grid)
-    plot_loss(losses, out_dir / "loss.png")
-    tracker.close()
-    window = losses[-20:]
-    print(f"SiT {count_parameters(model) / 1e6:.2f}M params, {demo.steps} steps in {seconds:.0f}s")
-    return DemoResult(out_dir, demo.steps, sum(window) / len(window), seconds, grids)
+    def __init__(self):
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+
+    def log_metrics(self, metrics, step=None):
+        if "loss" in metrics and step is not None:
+            self.steps.append(step)
+            self.losses.append(float(metrics["loss"]))
+
+
+def demo_config(config: GroupDiffConfig) -> GroupDiffConfig:
+    """The preset's training cut to ``demo.steps``: a fresh run with one checkpoint, at the end."""
+    steps = config.demo.steps
+    train = config.train.model_copy(update={"steps": steps, "checkpoint_every": steps, "keep_last": 1,
+                                            "resume": "off"})
+    return config.model_copy(update={"train": train})
+
+
+def run_demo(config: GroupDiffConfig, out_dir: Path) -> DemoResult:
+    """Train ``demo_config(config)`` into ``out_dir`` with the one trainer, then sample the grids."""
+    from .sample.stage import load_model_and_config
+    from .train.tracker import TeeTracker, default_tracker
+    from .train.trainer import train
+
+    config = demo_config(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    losses = _Losses()
+    tracker = TeeTracker(default_tracker(out_dir), losses)
+    try:
+        start = time.perf_counter()
+        result = train(config, out_dir, tracker=tracker)
+        seconds = time.perf_counter() - start
+        model, _ = load_model_and_config(result.checkpoint, weights="ema")
+        with atomic_path(out_dir / CheckpointDir.EMA) as tmp:
+            shutil.copyfile(CheckpointDir(result.checkpoint).ema_file, tmp)
+        grids = sample_grids(config, model, out_dir)
+        for grid in grids:
+            tracker.log_artifact(grid)
+        plot_loss(losses.steps, losses.losses, config.train.log_every, out_dir / "loss.png")
+    finally:
+        tracker.close()
+    print(f"SiT {count_parameters(model) / 1e6:.2f}M params, {result.step} steps in {seconds:.0f}s")
+    return DemoResult(out_dir, result.step, losses.losses[-1], seconds, grids)
 
 
 def sample_grids(config: GroupDiffConfig, model: torch.nn.Module, out_dir: Path) -> list[Path]:
     """One grid per inference mode: baseline (N=1) and GroupDiff-l with groups of 4 (rows = classes)."""
+    from torchvision.utils import save_image
+
     paths = []
     c, s = config.model.in_channels, config.model.input_size
-    per_class = 8
     for mode, group_size in (("baseline", 1), ("groupdiff-l", min(4, config.model.max_group_size))):
         guidance = config.guidance.model_copy(update={"mode": mode, "group_size": group_size})
-        labels = class_balanced_labels(config.model.num_classes * per_class, config.model.num_classes, group_size)
+        labels = class_balanced_labels(config.model.num_classes * GRID_PER_CLASS, config.model.num_classes, group_size)
         order = labels.argsort(stable=True)  # rows = classes in the grid
         samples = generate(model, labels, config.sampler, guidance, (c, s, s), progress=False)
         path = out_dir / f"samples_{mode}.png"
-        save_image(samples[order].clamp(-1, 1), path, nrow=per_class, normalize=True, value_range=(-1, 1))
+        with atomic_path(path) as tmp:
+            save_image(samples[order].clamp(-1, 1), tmp, nrow=GRID_PER_CLASS, normalize=True, value_range=(-1, 1))
         paths.append(path)
     return paths
 
 
-def plot_loss(losses: list[float], path: Path) -> None:
-    """Training loss curve (raw and a 20-step moving average)."""
+def plot_loss(steps: list[int], losses: list[float], every: int, path: Path) -> None:
+    """The training loss as logged: one point per ``every`` steps, each the mean over those steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(losses, alpha=0.35, label="loss")
-    k = 20
-    if len(losses) >= k:
-        smooth = [sum(losses[i - k : i]) / k for i in range(k, len(losses) + 1)]
-        ax.plot(range(k - 1, len(losses)), smooth, label=f"{k}-step mean")
+    ax.plot(steps, losses, marker="." if len(losses) < 50 else None, label=f"loss (mean of {every} steps)")
     ax.set_xlabel("step")
     ax.set_ylabel("velocity MSE")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

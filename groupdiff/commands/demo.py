@@ -1,4 +1,4 @@
-"""``groupdiff demo``: short single-process training on the built-in data plus sample grids."""
+"""``groupdiff demo``: the preset's training cut to ``demo.steps`` in one process, plus sample grids."""
 from __future__ import annotations
 
 import argparse
@@ -16,10 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_preset
-    from ..demo import train_demo
+    from ..demo import run_demo
 
     config = load_preset(args.preset, args.overrides)
-    result = train_demo(config, Path(args.out))
+    result = run_demo(config, Path(args.out))
     out = result.out_dir.resolve()
     print(f"\nDemo finished: {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}")
     print(f"Outputs in {out}:")
