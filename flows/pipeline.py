@@ -114,6 +114,110 @@ def floor_note(rows: list[dict], params) -> str:
     return " ".join(parts)
 
 
+class StageProgress:
+    """The pipeline's progress artifact in the Prefect UI: the share of its stages finished."""
+
+    def __init__(self, params: PipelineParams, variants: int):
+        self.total = 3 + 3 * variants + (variants if params.register_models else 0)  # data stages + per variant
+        self.done = 0
+        self.artifact = create_progress_artifact(0.0, key="pipeline-progress", description="stages finished")
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        update_progress_artifact(self.artifact, 100.0 * self.done / self.total)
+
+
+def _data_stages(params: PipelineParams, base: GroupDiffConfig, records: RecordsConfig, parent_id: str):
+    """Dataset, then embedding and mining (only when a GroupDiff variant needs groups); the classifier is
+    submitted first and trains beside them (it is needed only for scoring and by the classifier encoder).
+    Returns the dataset, the stage digests, the classifier's future and the group table (or None)."""
+    dataset = dataset_task(base, records)
+    digests = data_digests(base, dataset["digest"])
+    classifier = classifier_task.submit(base, records, digests["classifier"], parent_id)
+    groups = None
+    if any(v != "baseline" for v in params.variants):
+        embeddings = embed_task(base, records, digests["embed"], dataset, parent_id,
+                                classifier.result() if base.embed.encoder == "classifier" else None)
+        groups = mine_task(base, records, digests["mine"], embeddings, parent_id)
+    return dataset, digests, classifier, groups
+
+
+def _submit_chains(params: PipelineParams, configs: dict[str, GroupDiffConfig], records: RecordsConfig,
+                   dataset: dict, groups: dict | None, classifier, digests: dict, parent_id: str) -> list[tuple]:
+    """Submit each variant's train -> sample -> score chain at once: the chains run side by side (threads
+    of this flow; training is a subprocess), as far as the pool's training slots allow
+    (``records.training_slots``), so one variant samples while another still trains."""
+    chains = []
+    for variant, config in configs.items():
+        tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
+        checkpoint_f = train_task.with_options(task_run_name=f"train-{variant}").submit(
+            config, records, tdig, dataset, groups if variant != "baseline" else None, parent_id, params.world_size)
+        sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images, params.weights)
+        samples_f = sample_task.with_options(task_run_name=f"sample-{variant}").submit(
+            config, records, sdig, checkpoint_f, params.num_samples, parent_id, params.threads,
+            params.sample_batch_images, params.weights)
+        cdig = score_digest(sdig, digests["classifier"], params)
+        score_f = score_task.with_options(task_run_name=f"score-{variant}").submit(
+            records, cdig, samples_f, classifier, params.reference_limit, parent_id, params.fd_bootstrap,
+            params.fd_interval)
+        chains.append((variant, config, checkpoint_f, samples_f, score_f))
+    return chains
+
+
+def _collect_rows(params: PipelineParams, records: RecordsConfig, chains: list[tuple], protocol: str,
+                  progress: StageProgress) -> list[dict]:
+    """Wait for every chain, record its score in the catalogue and return one row per variant."""
+    rows = []
+    for variant, config, checkpoint_f, samples_f, score_f in chains:
+        checkpoint, samples, score = checkpoint_f.result(), samples_f.result(), score_f.result()
+        record_score(records, checkpoint, samples, score, protocol, params.metric)
+        progress.advance(3)
+        rows.append({"variant": variant, "config": config, "checkpoint": checkpoint, "samples": samples,
+                     "score": score, "metrics": score["metrics"], "floor": score.get("floor"),
+                     "weights": params.weights, "grid_key": samples.get("grid_key"),
+                     "train_run_id": checkpoint["mlflow_run_id"]})
+    return rows
+
+
+def _register(params: PipelineParams, rec: Records, records: RecordsConfig, rows: list[dict], protocol: str,
+              parent_id: str, progress: StageProgress) -> None:
+    """Register every row, best first, each through the promotion gate (called only after every evaluation
+    succeeded: a failing stage leaves the registry untouched)."""
+    for row in sorted(rows, key=lambda r: r["metrics"][params.metric]):
+        rdig = stage_digest("register", score=row["score"]["digest"], checkpoint=row["checkpoint"]["digest"],
+                            model=params.model_name, mlflow=rec.config.mlflow_uri, protocol=protocol)
+        reg = register_task(row["config"], records, rdig, row["checkpoint"], row["samples"], row["score"],
+                            protocol, params.metric, params.model_name, parent_id)
+        row.update(version=reg["version"], decision=reg["decision"], reason=reg["reason"])
+        progress.advance()
+
+
+def _publish_summary(rec: Records, params: PipelineParams, rows: list[dict], parent_id: str, protocol: str) -> None:
+    """The summary as a Prefect markdown artifact and an MLflow text, and the metrics and floor on the parent run."""
+    report = _report(rec, params, rows, parent_id, protocol)
+    create_markdown_artifact(report, key="pipeline-summary", description="Metrics, MLflow runs and sample grids")
+    rec.mlflow.log_text(parent_id, report, "summary.md")
+    for row in rows:
+        rec.mlflow.log_metric(parent_id, f"{row['variant']}.{params.metric}", row["metrics"][params.metric])
+    floor = next((r["floor"] for r in rows if r.get("floor")), {})
+    for key, value in floor.items():
+        rec.mlflow.log_metric(parent_id, f"floor.{key}", value)
+    rec.mlflow.set_tag(parent_id, "groupdiff.weights", params.weights)
+
+
+def _result(params: PipelineParams, records: RecordsConfig, rows: list[dict], protocol: str, parent_id: str,
+            flow_run_id: str) -> dict[str, Any]:
+    """The flow's return value: JSON-able rows and where the records are."""
+    out_rows = [{k: r[k] for k in ("variant", "metrics", "floor", "weights", "train_run_id")} | {
+        "version": r.get("version"), "decision": r.get("decision"), "reason": r.get("reason"),
+        "checkpoint": r["checkpoint"]["uri"],
+        "samples": r["samples"]["uri"], "grid_key": r.get("grid_key"), "class_grid": r["samples"].get("class_grid"),
+        "score_json": r["score"]["path"]} for r in rows]
+    return {"rows": out_rows, "protocol": protocol, "mlflow_run_id": parent_id, "records": records.model_dump(),
+            "flow_run_id": flow_run_id, "metric": params.metric, "table": metrics_table(rows, params.metric),
+            "floor_note": floor_note(rows, params)}
+
+
 @flow(name="groupdiff-pipeline", on_cancellation=[kill_training_hook], on_crashed=[kill_training_hook],
       log_prints=True)
 def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig | None = None) -> dict[str, Any]:
@@ -128,87 +232,26 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
 
         torch.set_num_threads(params.threads)
     rec = Records(records)
-    parent = rec.mlflow.create_run(rec.experiment_id(), run_name="pipeline",
-                                   tags={"groupdiff.stage": "pipeline", "prefect.flow_run_id": str(flow_run.get_id())})
-    parent_id = parent.info.run_id
+    parent_id = rec.mlflow.create_run(rec.experiment_id(), run_name="pipeline", tags={
+        "groupdiff.stage": "pipeline", "prefect.flow_run_id": str(flow_run.get_id())}).info.run_id
     log_params(rec, parent_id, params.model_dump())
-    steps = 3 + 3 * len(configs) + (len(configs) if params.register_models else 0)  # data stages + per variant
-    progress = {"done": 0, "id": create_progress_artifact(0.0, key="pipeline-progress", description="stages finished")}
-
-    def advance(count: int = 1) -> None:
-        progress["done"] += count
-        update_progress_artifact(progress["id"], 100.0 * progress["done"] / steps)
-
+    progress = StageProgress(params, len(configs))
     try:
         base = configs[params.variants[0]]
-        dataset = dataset_task(base, records)
-        digests = data_digests(base, dataset["digest"])
-        # The classifier is needed only for scoring (and by the classifier encoder): it trains beside
-        # embedding, mining and training instead of before them.
-        classifier = classifier_task.submit(base, records, digests["classifier"], parent_id)
-        groups = None
-        if any(v != "baseline" for v in params.variants):
-            embeddings = embed_task(base, records, digests["embed"], dataset, parent_id,
-                                    classifier.result() if base.embed.encoder == "classifier" else None)
-            groups = mine_task(base, records, digests["mine"], embeddings, parent_id)
-        advance(2)
-        rows = []
+        dataset, digests, classifier, groups = _data_stages(params, base, records, parent_id)
+        progress.advance(2)
         protocol = protocol_id(base, params.num_samples, digests["classifier"], params.reference_limit, params.metric,
                                params.fd_bootstrap, params.fd_interval)
-        # Each variant's train -> sample -> score chain is submitted at once: the chains run side by side
-        # (threads of this flow; training is a subprocess), as far as the pool's training slots allow
-        # (records.training_slots), so one variant samples while another still trains.
-        chains = []
-        for variant, config in configs.items():
-            tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
-            checkpoint_f = train_task.with_options(task_run_name=f"train-{variant}").submit(
-                config, records, tdig, dataset, groups if variant != "baseline" else None, parent_id, params.world_size)
-            sdig = sample_digest(config, tdig, params.num_samples, params.sample_batch_images, params.weights)
-            samples_f = sample_task.with_options(task_run_name=f"sample-{variant}").submit(
-                config, records, sdig, checkpoint_f, params.num_samples, parent_id, params.threads,
-                params.sample_batch_images, params.weights)
-            cdig = score_digest(sdig, digests["classifier"], params)
-            score_f = score_task.with_options(task_run_name=f"score-{variant}").submit(
-                records, cdig, samples_f, classifier, params.reference_limit, parent_id, params.fd_bootstrap,
-                params.fd_interval)
-            chains.append((variant, config, checkpoint_f, samples_f, score_f))
-        classifier = classifier.result()
-        advance()
-        for variant, config, checkpoint_f, samples_f, score_f in chains:
-            checkpoint, samples, score = checkpoint_f.result(), samples_f.result(), score_f.result()
-            record_score(records, checkpoint, samples, score, protocol, params.metric)
-            advance(3)
-            rows.append({"variant": variant, "config": config, "checkpoint": checkpoint, "samples": samples,
-                         "score": score, "metrics": score["metrics"], "floor": score.get("floor"),
-                         "weights": params.weights, "grid_key": samples.get("grid_key"),
-                         "train_run_id": checkpoint["mlflow_run_id"]})
-        if params.register_models:  # only after every evaluation succeeded: a failing stage leaves the registry untouched
-            for row in sorted(rows, key=lambda r: r["metrics"][params.metric]):
-                rdig = stage_digest("register", score=row["score"]["digest"], checkpoint=row["checkpoint"]["digest"],
-                                    model=params.model_name, mlflow=rec.config.mlflow_uri, protocol=protocol)
-                reg = register_task(row["config"], records, rdig, row["checkpoint"], row["samples"], row["score"],
-                                    protocol, params.metric, params.model_name, parent_id)
-                row.update(version=reg["version"], decision=reg["decision"], reason=reg["reason"])
-                advance()
-        report = _report(rec, params, rows, parent_id, protocol)
-        create_markdown_artifact(report, key="pipeline-summary", description="Metrics, MLflow runs and sample grids")
-        rec.mlflow.log_text(parent_id, report, "summary.md")
-        for row in rows:
-            rec.mlflow.log_metric(parent_id, f"{row['variant']}.{params.metric}", row["metrics"][params.metric])
-        floor = next((r["floor"] for r in rows if r.get("floor")), {})
-        for key, value in floor.items():
-            rec.mlflow.log_metric(parent_id, f"floor.{key}", value)
-        rec.mlflow.set_tag(parent_id, "groupdiff.weights", params.weights)
+        chains = _submit_chains(params, configs, records, dataset, groups, classifier, digests, parent_id)
+        classifier.result()
+        progress.advance()
+        rows = _collect_rows(params, records, chains, protocol, progress)
+        if params.register_models:
+            _register(params, rec, records, rows, protocol, parent_id, progress)
+        _publish_summary(rec, params, rows, parent_id, protocol)
     except BaseException:
         rec.mlflow.set_terminated(parent_id, "FAILED")
         raise
     rec.mlflow.set_terminated(parent_id, "FINISHED")
     log.info("\n%s", metrics_table(rows, params.metric))
-    out_rows = [{k: r[k] for k in ("variant", "metrics", "floor", "weights", "train_run_id")} | {
-        "version": r.get("version"), "decision": r.get("decision"), "reason": r.get("reason"),
-        "checkpoint": r["checkpoint"]["uri"],
-        "samples": r["samples"]["uri"], "grid_key": r.get("grid_key"), "class_grid": r["samples"].get("class_grid"),
-        "score_json": r["score"]["path"]} for r in rows]
-    return {"rows": out_rows, "protocol": protocol, "mlflow_run_id": parent_id, "records": records.model_dump(),
-            "flow_run_id": str(flow_run.get_id()),
-            "metric": params.metric, "table": metrics_table(rows, params.metric), "floor_note": floor_note(rows, params)}
+    return _result(params, records, rows, protocol, parent_id, str(flow_run.get_id()))
