@@ -87,8 +87,28 @@ def _sampled_candidates(num_items: int, labels: np.ndarray, config: MineConfig,
 
 def mine_groups(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | None = None,
                 source: dict | None = None) -> GroupTable:
-    """Mine a :class:`GroupTable` over ``len(labels)`` items (``vectors`` needed for similarity mode)."""
+    """Mine a :class:`GroupTable` over ``len(labels)`` items (``vectors`` needed for similarity mode).
+
+    Three jobs, in this order (one generator, seeded by ``config.seed``, drawn from in this order):
+    candidates per anchor (:func:`_candidates`), the fill rule for anchors short of N - 1 candidates
+    (:func:`_fill_short`), then each eligible anchor's N - 1 members (:func:`_draw_members`)."""
     labels = np.asarray(labels, dtype=np.int64)
+    _check_mine_inputs(labels, config, vectors)
+    rng = np.random.default_rng(config.seed)
+    meta: dict = {"config": config.model_dump(), "source": source or {}, "num_items": len(labels)}
+    ids, sims = _candidates(labels, config, vectors, rng, meta)
+    passing = (ids >= 0).sum(axis=1)
+    neighbours, similarity, filled, eligible = _fill_short(labels, config, vectors, rng, ids, sims, passing)
+    groups, group_sims = _draw_members(config, rng, neighbours, similarity, eligible, passing)
+    meta["stats"] = group_statistics(neighbours, similarity, filled, eligible, groups, group_sims, labels,
+                                     passing, config)
+    meta["digest"] = _table_digest(config, source, meta)
+    log.info("mined groups %s: %s", meta["digest"], meta["stats"])
+    return GroupTable(neighbours, similarity, filled, eligible, groups, labels, meta)
+
+
+def _check_mine_inputs(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | None) -> None:
+    """Raise a ValueError naming the setting when the items cannot form groups as configured."""
     n, need = len(labels), config.group_size - 1
     if not -1.0 <= config.tau <= 1.0:
         raise ValueError(f"mine.tau={config.tau} is outside [-1, 1] (cosine similarity)")
@@ -98,21 +118,29 @@ def mine_groups(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | No
         raise ValueError(f"group_size={config.group_size} needs at least {config.group_size} items, dataset has {n}")
     if vectors is not None and len(vectors) != n:
         raise ValueError(f"{len(vectors)} embeddings for {n} labels")
-    rng = np.random.default_rng(config.seed)
-    meta: dict = {"config": config.model_dump(), "source": source or {}, "num_items": n}
-    if config.mode == "similarity":
-        if vectors is None:
-            raise ValueError("mine.mode='similarity' needs embeddings (run `groupdiff embed` first)")
-        ids, sims = _similarity_candidates(np.ascontiguousarray(vectors, dtype=np.float32), config, meta)
-    else:
-        ids = _sampled_candidates(n, labels, config, rng)
-        sims = np.full(ids.shape, np.nan, dtype=np.float32)
-        if vectors is not None:
-            sims = pair_similarity(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-    passing = (ids >= 0).sum(axis=1)
+    if config.mode == "similarity" and vectors is None:
+        raise ValueError("mine.mode='similarity' needs embeddings (run `groupdiff embed` first)")
 
-    # fill rule: only similarity mode can come up short of N-1 (class mode only for classes smaller than N)
-    short = np.flatnonzero(passing < need)
+
+def _candidates(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | None, rng: np.random.Generator,
+                meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate ids (-1 = none) and their similarities per anchor: index search above tau (similarity
+    mode, which records the index in ``meta``), or drawn from the anchor's class or from everyone."""
+    if config.mode == "similarity":
+        return _similarity_candidates(np.ascontiguousarray(vectors, dtype=np.float32), config, meta)
+    ids = _sampled_candidates(len(labels), labels, config, rng)
+    sims = np.full(ids.shape, np.nan, dtype=np.float32)
+    if vectors is not None:
+        sims = pair_similarity(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return ids, sims
+
+
+def _fill_short(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | None, rng: np.random.Generator,
+                ids: np.ndarray, sims: np.ndarray, passing: np.ndarray):
+    """The fill rule for anchors with fewer than N - 1 candidates (only similarity mode can come up short;
+    class mode only for classes smaller than N): ``drop`` them, or top them up at random from their class
+    (``class``) or from everyone. Returns neighbours, similarity, the filled mask and the eligible anchors."""
+    n, need = len(labels), config.group_size - 1
     width = max(ids.shape[1], need)
     neighbours = np.full((n, width), -1, dtype=np.int64)
     similarity = np.full((n, width), np.nan, dtype=np.float32)
@@ -122,7 +150,7 @@ def mine_groups(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | No
     eligible = np.ones(n, dtype=bool)
     everyone = np.arange(n)
     pools = {c: np.flatnonzero(labels == c) for c in np.unique(labels)} if config.fill == "class" else None
-    for a in short:
+    for a in np.flatnonzero(passing < need):
         have = passing[a]
         if config.fill == "drop":
             eligible[a] = False
@@ -135,10 +163,18 @@ def mine_groups(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | No
             similarity[a, have : have + len(extra)] = vectors[extra] @ vectors[a]
         if have + len(extra) < need:  # e.g. a class smaller than N: cannot anchor a full group
             eligible[a] = False
+    return neighbours, similarity, filled, eligible
 
+
+def _draw_members(config: MineConfig, rng: np.random.Generator, neighbours: np.ndarray, similarity: np.ndarray,
+                  eligible: np.ndarray, passing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each eligible anchor's group (anchor first, then N - 1 members: the best ones, or drawn at random
+    from all passing candidates with ``draw='random'``) and the members' similarities; rows of
+    ineligible anchors are -1."""
+    n, need = len(neighbours), config.group_size - 1
     groups = np.full((n, config.group_size), -1, dtype=np.int64)
     group_sims = np.full((n, need), np.nan, dtype=np.float32)
-    groups[:, 0] = everyone
+    groups[:, 0] = np.arange(n)
     for a in np.flatnonzero(eligible):
         if config.draw == "random" and passing[a] > need:
             pick = np.sort(rng.choice(passing[a], size=need, replace=False))
@@ -147,16 +183,17 @@ def mine_groups(labels: np.ndarray, config: MineConfig, vectors: np.ndarray | No
         groups[a, 1:] = neighbours[a, pick]
         group_sims[a] = similarity[a, pick]
     groups[~eligible] = -1
+    return groups, group_sims
 
-    meta["stats"] = group_statistics(neighbours, similarity, filled, eligible, groups, group_sims, labels,
-                                     passing, config)
-    key = {"source": source or {}, "mode": config.mode, "tau": config.tau if config.mode == "similarity" else None,
+
+def _table_digest(config: MineConfig, source: dict | None, meta: dict) -> str:
+    """Content digest of a group table: its source, the settings that shape it and the index used."""
+    similarity = config.mode == "similarity"
+    key = {"source": source or {}, "mode": config.mode, "tau": config.tau if similarity else None,
            "group_size": config.group_size, "top_k": config.top_k, "draw": config.draw, "fill": config.fill,
-           "seed": config.seed, "index": meta.get("index", {}).get("index") if config.mode == "similarity" else None,
+           "seed": config.seed, "index": meta.get("index", {}).get("index") if similarity else None,
            "index_params": {k: v for k, v in meta.get("index", {}).items() if k not in ("build_s", "device")}}
-    meta["digest"] = digest_json(key)
-    log.info("mined groups %s: %s", meta["digest"], meta["stats"])
-    return GroupTable(neighbours, similarity, filled, eligible, groups, labels, meta)
+    return digest_json(key)
 
 
 def group_statistics(neighbours, similarity, filled, eligible, groups, group_sims, labels, passing,
