@@ -136,6 +136,26 @@ def build_epoch_plan(variant: str, num_items: int, batch_images: int, group_size
     item, e.g. a group table's ``fill='drop'`` result) restricts which items may anchor a group; the
     others can still be members or go into direct batches. ``GroupTable.plan_kwargs()`` gives both arrays.
     """
+    _check_plan_args(variant, draw, num_items, batch_images, group_ratio)
+    order = _rng(seed, epoch, 0).permutation(num_items).astype(np.int64)
+    if variant == "baseline":
+        return [PlannedBatch(b, 1, False) for b in _chunk(order, batch_images, drop_last)]
+    nb, eligible = _check_group_args(num_items, batch_images, group_size, neighbours, eligible)
+    groups_per_batch = batch_images // group_size
+    target = _target_groups(variant, num_items, batch_images, group_size, group_ratio, drop_last)
+    former = _GroupFormer(num_items, group_size, nb, draw, _rng(seed, epoch, 1))
+    groups, filled = _form_groups(former, order, eligible, target)
+    group_batches = _group_batches(variant, groups, filled, group_size, groups_per_batch, drop_last)
+    if variant == "groupdiff-f":
+        return group_batches
+    rest = order[~former.used[order]]
+    direct = [PlannedBatch(b, 1, False) for b in _chunk(rest, batch_images, drop_last)]
+    batches = group_batches + direct
+    mix = _rng(seed, epoch, 2).permutation(len(batches))
+    return [batches[i] for i in mix]
+
+
+def _check_plan_args(variant: str, draw: str, num_items: int, batch_images: int, group_ratio: float) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"unknown training variant {variant!r}; expected one of {VARIANTS}")
     if draw not in DRAWS:
@@ -146,10 +166,11 @@ def build_epoch_plan(variant: str, num_items: int, batch_images: int, group_size
         raise ValueError(f"batch_images must be >= 1, got {batch_images}")
     if not 0.0 <= group_ratio <= 1.0:
         raise ValueError(f"group_ratio must be in [0, 1], got {group_ratio}")
-    order = _rng(seed, epoch, 0).permutation(num_items).astype(np.int64)
-    if variant == "baseline":
-        return [PlannedBatch(b, 1, False) for b in _chunk(order, batch_images, drop_last)]
 
+
+def _check_group_args(num_items: int, batch_images: int, group_size: int, neighbours: np.ndarray | None,
+                      eligible: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The checked neighbour table and eligibility mask of a GroupDiff plan (errors name the bad value)."""
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
     if batch_images % group_size:
@@ -163,19 +184,28 @@ def build_epoch_plan(variant: str, num_items: int, batch_images: int, group_size
         eligible = np.asarray(eligible, dtype=bool)
         if eligible.shape != (num_items,):
             raise ValueError(f"eligible must have shape (num_items={num_items},), got {eligible.shape}")
+    return nb, eligible
+
+
+def _target_groups(variant: str, num_items: int, batch_images: int, group_size: int, group_ratio: float,
+                   drop_last: bool) -> int:
+    """Groups to form this epoch: every image in groups (GroupDiff-f), or ``group_ratio`` of the batches
+    (rounded half up) as group batches (GroupDiff-l)."""
     groups_per_batch = batch_images // group_size
     if variant == "groupdiff-f":
         full_batches = num_items // batch_images
-        target_groups = full_batches * groups_per_batch if drop_last else num_items // group_size
-    else:
-        num_batches = num_items // batch_images if drop_last else -(-num_items // batch_images)
-        target_groups = int(np.floor(group_ratio * num_batches + 0.5)) * groups_per_batch
+        return full_batches * groups_per_batch if drop_last else num_items // group_size
+    num_batches = num_items // batch_images if drop_last else -(-num_items // batch_images)
+    return int(np.floor(group_ratio * num_batches + 0.5)) * groups_per_batch
 
-    former = _GroupFormer(num_items, group_size, nb, draw, _rng(seed, epoch, 1))
+
+def _form_groups(former: _GroupFormer, order: np.ndarray, eligible: np.ndarray | None,
+                 target: int) -> tuple[list[list[int]], list[int]]:
+    """Anchors in epoch order form groups until ``target`` groups exist (ineligible anchors are skipped)."""
     groups: list[list[int]] = []
     filled: list[int] = []
     for anchor in order:
-        if len(groups) >= target_groups:
+        if len(groups) >= target:
             break
         if eligible is not None and not eligible[anchor]:
             continue
@@ -183,24 +213,22 @@ def build_epoch_plan(variant: str, num_items: int, batch_images: int, group_size
         if formed is not None:
             groups.append(formed[0])
             filled.append(formed[1])
+    return groups, filled
 
-    group_batches = []
+
+def _group_batches(variant: str, groups: list[list[int]], filled: list[int], group_size: int,
+                   groups_per_batch: int, drop_last: bool) -> list[PlannedBatch]:
+    """Consecutive groups packed into batches of ``groups_per_batch`` (a short last batch dropped when asked)."""
+    batches = []
     for start in range(0, len(groups), groups_per_batch):
         members = groups[start : start + groups_per_batch]
         if drop_last and len(members) < groups_per_batch:
             break
-        group_batches.append(PlannedBatch(
+        batches.append(PlannedBatch(
             np.asarray([i for g in members for i in g], dtype=np.int64), group_size,
             unconditional=(variant == "groupdiff-l"), filled=int(sum(filled[start : start + groups_per_batch])),
         ))
-    if variant == "groupdiff-f":
-        return group_batches
-
-    rest = order[~former.used[order]]
-    direct = [PlannedBatch(b, 1, False) for b in _chunk(rest, batch_images, drop_last)]
-    batches = group_batches + direct
-    mix = _rng(seed, epoch, 2).permutation(len(batches))
-    return [batches[i] for i in mix]
+    return batches
 
 
 def _chunk(items: np.ndarray, size: int, drop_last: bool) -> list[np.ndarray]:
