@@ -1,7 +1,7 @@
 """The train task: training runs as a subprocess in its own process group, killed with its flow run.
 
 The subprocess is the library's one launch (:func:`groupdiff.train.launch.start`): ``python -m
-groupdiff.train.worker`` for one rank, under ``torch.distributed.run`` for more (world size from the
+groupdiff.train_worker`` for one rank, under ``torch.distributed.run`` for more (world size from the
 parameters), with ``$GROUPDIFF_TRACKER`` naming :func:`registry.mlflow_tracker.run_tracker` so rank 0 also
 logs to the MLflow run of the task. It runs in a session of its own and its group id is written to
 ``<out>/pids/<flow run>/<pgid>``. The group and every rank below it are stopped (SIGTERM, then SIGKILL;
@@ -121,7 +121,7 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
                                 config.train.global_batch_images, echo)
     try:  # Prefect's own signal handling stays in place: cancellation raises here, and supervise stops the ranks
         code = supervise(proc, KILL_GRACE_S, poll=progress.poll if progress else None, poll_s=POLL_S,
-                         trap_sigterm=False)
+                         trap_signals=False)
     finally:
         pid_file.unlink(missing_ok=True)
     if code != 0:

@@ -135,6 +135,6 @@ def make_tracker(rank: int | None = None, **kwargs) -> Tracker:
 
 def run_tracker(run_dir: str | Path) -> Tracker:
     """The training ranks' plugged-in tracker: ``GROUPDIFF_TRACKER=registry.mlflow_tracker:run_tracker``
-    (set by the training flow; see :mod:`groupdiff.train.worker`). Rank 0 logs to ``$MLFLOW_RUN_ID`` at
+    (set by the training flow; see :mod:`groupdiff.train_worker`). Rank 0 logs to ``$MLFLOW_RUN_ID`` at
     ``$MLFLOW_TRACKING_URI``; the run folder is not needed, the run id names where the records go."""
     return make_tracker(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))

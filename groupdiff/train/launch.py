@@ -2,7 +2,7 @@
 
 * One process: :func:`ensure_rendezvous_env` fills ``MASTER_ADDR/PORT``, ``RANK``, ``WORLD_SIZE`` and
   ``LOCAL_RANK`` itself (a free port on 127.0.0.1) when no launcher did.
-* :func:`launcher_command` is the one place a training launch is spelled: ``python -m groupdiff.train.worker``
+* :func:`launcher_command` is the one place a training launch is spelled: ``python -m groupdiff.train_worker``
   for one rank, ``torch.distributed.run`` for N local ranks, DeepSpeed's multi-node launcher for a hostfile
   (ssh/pdsh to every host listed; the run directory must be on a shared filesystem). ``groupdiff train
   --nproc`` and the training flow both :func:`start` it and :func:`supervise` it to the end.
@@ -24,7 +24,7 @@ from ..atomic import write_text_atomic
 from ..ports import free_port
 from ..procs import stop_tree
 
-WORKER_MODULE = "groupdiff.train.worker"
+WORKER_MODULE = "groupdiff.train_worker"
 LAUNCH_CONFIG = "launch_config.json"  # the config every rank reads, in the run folder
 
 
@@ -102,24 +102,26 @@ def start(config_path: str | Path, out_dir: str | Path, nproc: int, hostfile: st
 
 
 def supervise(proc: subprocess.Popen, grace_s: float, poll: Callable[[], None] | None = None,
-              poll_s: float = 0.2, trap_sigterm: bool = True) -> int:
+              poll_s: float = 0.2, trap_signals: bool = True) -> int:
     """Wait for the launcher ``proc``; returns its exit code, or 128 + the signal number when stopped.
 
-    SIGTERM (when ``trap_sigterm`` and on the main thread) or Ctrl-C to this process stops the launcher
-    and every rank: SIGTERM first, SIGKILL after ``grace_s``. Any other exception while waiting stops them
-    too and propagates. ``poll`` is called every ``poll_s`` seconds and once more at the end (progress).
+    With ``trap_signals``, SIGTERM (on the main thread) or Ctrl-C to this process stops the launcher and
+    every rank: SIGTERM first, SIGKILL after ``grace_s``. Any exception while waiting (Ctrl-C without
+    ``trap_signals``) stops them the same way and propagates. ``poll`` is called every ``poll_s`` seconds and once more at the end (progress).
     """
     stopped: list[int] = []
 
     def on_signal(signum, _frame):  # only note it here: waiting inside a handler can deadlock Popen.wait
         stopped.append(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_signal) if trap_sigterm and _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, on_signal) if trap_signals and _main_thread() else None
     try:
         while proc.poll() is None and not stopped:
             try:
                 time.sleep(poll_s)
             except KeyboardInterrupt:
+                if not trap_signals:
+                    raise
                 stopped.append(signal.SIGINT)
             if poll is not None:
                 poll()

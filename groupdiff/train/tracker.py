@@ -2,7 +2,7 @@
 
 Launched ranks log to MLflow without ``groupdiff`` importing MLflow: the training flow sets
 ``GROUPDIFF_TRACKER=registry.mlflow_tracker:run_tracker`` (any ``module:factory``) in their environment;
-rank 0 calls ``factory(run_dir)`` and sends every record to both trackers (see :mod:`groupdiff.train.worker`).
+rank 0 calls ``factory(run_dir)`` and sends every record to both trackers (see :mod:`groupdiff.train_worker`).
 """
 from __future__ import annotations
 

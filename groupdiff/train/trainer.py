@@ -1,7 +1,7 @@
 """The training loop on DeepSpeed: ``train(config, run_dir)`` runs one rank (DESIGN 1.3, 2.5).
 
 Run it as one plain process, or once per rank under ``torchrun`` / the ``deepspeed`` launcher
-(``python -m groupdiff.train.worker``). Per optimizer step every rank takes its contiguous share of the
+(``python -m groupdiff.train_worker``). Per optimizer step every rank takes its contiguous share of the
 planned global batch (whole groups), splits it into micro batches, and DeepSpeed averages gradients,
 clips and steps. Then the EMA follows, metrics go to the tracker (rank 0), the group-benefit probe and
 checkpoints run every K steps. Label dropout is drawn by the trainer per group from the step's

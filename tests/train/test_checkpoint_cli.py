@@ -84,17 +84,17 @@ def test_cli_trains_resumes_and_refuses_bad_world_sizes(tmp_path, tiny_overrides
 def test_launch_commands(tmp_path):
     local = launcher_command("cfg.json", "run", 4)
     assert local[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node" in local
-    assert local[local.index("--nproc_per_node") + 1] == "4" and local[-5:-4] == ["groupdiff.train.worker"]
+    assert local[local.index("--nproc_per_node") + 1] == "4" and local[-5:-4] == ["groupdiff.train_worker"]
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=8\nnode-b slots=8\n")
     multi = launcher_command("cfg.json", "run", 8, hostfile=str(hostfile))
     assert multi[1:3] == ["-m", "deepspeed.launcher.runner"] and multi[multi.index("--hostfile") + 1] == str(hostfile)
-    assert "--no_local_rank" in multi and multi[multi.index("--module") + 1] == "groupdiff.train.worker"
+    assert "--no_local_rank" in multi and multi[multi.index("--module") + 1] == "groupdiff.train_worker"
     assert multi[multi.index("--num_gpus") + 1] == "8"
     with pytest.raises(FileNotFoundError, match="hostfile"):
         launcher_command("cfg.json", "run", 1, hostfile="/nonexistent/hostfile")
     assert launcher_command("cfg.json", "run", 1)[1:] == [  # one local rank: the worker itself, no launcher
-        "-m", "groupdiff.train.worker", "--config", "cfg.json", "--out", "run"]
+        "-m", "groupdiff.train_worker", "--config", "cfg.json", "--out", "run"]
 
 
 def test_a_plugged_in_tracker_receives_the_metrics(tmp_path, tiny_config, fmnist_small, monkeypatch):

@@ -1,4 +1,4 @@
-"""One training rank: ``python -m groupdiff.train.worker --config CONFIG.json --out RUN_DIR``.
+"""One training rank: ``python -m groupdiff.train_worker --config CONFIG.json --out RUN_DIR``.
 
 The one training entry point: what ``groupdiff train --nproc`` / ``--hostfile`` and the training flow start
 (see :func:`groupdiff.train.launch.launcher_command`), once per rank under ``torch.distributed.run`` or the
@@ -9,6 +9,8 @@ The one training entry point: what ``groupdiff train --nproc`` / ``--hostfile`` 
   environment because the environment reaches every rank through any launcher without changing the launch
   command, and the library only resolves the string: it never imports who provides it (the flows set
   ``registry.mlflow_tracker:run_tracker`` to log to their MLflow run).
+* It sits beside ``groupdiff.train``, not in it: it composes the whole config (``groupdiff.config``), which
+  imports ``groupdiff.train``'s own section, so from inside the package it would close an import circle.
 * ``$GROUPDIFF_PARENT_PID``: the rank kills its process group once that process is gone (the flow that
   started it was killed without a chance to clean up), so no training outlives its caller.
 """
@@ -20,20 +22,20 @@ import os
 import sys
 from pathlib import Path
 
-from ..procs import PARENT_PID_ENV, watch_parent
+from .procs import PARENT_PID_ENV, watch_parent
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, train this rank, return an exit code (3 for a non-finite loss)."""
-    parser = argparse.ArgumentParser(prog="python -m groupdiff.train.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m groupdiff.train_worker", description=__doc__)
     parser.add_argument("--config", required=True, help="GroupDiffConfig JSON file")
     parser.add_argument("--out", required=True, help="run directory")
     args = parser.parse_args(argv)
     if os.environ.get(PARENT_PID_ENV):
         watch_parent(int(os.environ[PARENT_PID_ENV]))
 
-    from ..config import GroupDiffConfig
-    from .trainer import NonFiniteLossError, train
+    from .config import GroupDiffConfig
+    from .train.trainer import NonFiniteLossError, train
 
     config = GroupDiffConfig.model_validate(json.loads(Path(args.config).read_text()))
     try:
