@@ -104,65 +104,95 @@ def promote_if_better(client: MlflowClient, name: str, version: str | int, score
     require_registered_model(client, name)
     version = str(version)
     client.get_model_version(name, version)
+    score, interval = _checked_candidate(score, interval, protocol_id, metric)
+    _tag_evaluation(client, name, version, score, interval, protocol_id, metric)
+    champion = version_by_alias(client, name, CHAMPION)
+    decision = _decide(champion, version, score, protocol_id, metric, lower_is_better)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _tag_decision(client, name, version, decision, interval, protocol_id, metric, lower_is_better, when)
+    _move_aliases(client, name, version, decision, champion, when)
+    return decision
+
+
+def _checked_candidate(score: float, interval: tuple[float, float] | None, protocol_id: str,
+                       metric: str) -> tuple[float, tuple[float, float] | None]:
     if not protocol_id:
         raise ValueError("protocol_id must be a non-empty evaluation protocol id")
-    score = float(score)
     if interval is not None:
         interval = (float(interval[0]), float(interval[1]))
         if not interval[0] <= interval[1]:
             raise ValueError(f"interval {interval} of {metric}: the low end must not exceed the high end")
+    return float(score), interval
+
+
+def _tag_evaluation(client: MlflowClient, name: str, version: str, score: float,
+                    interval: tuple[float, float] | None, protocol_id: str, metric: str) -> None:
+    """The candidate's protocol, score and interval as version tags (what a later challenger compares to)."""
     client.set_model_version_tag(name, version, "eval.protocol_id", protocol_id)
     client.set_model_version_tag(name, version, f"eval.{metric}", repr(score))
     if interval is not None:
         for key, value in zip(_interval_tags(metric), interval):
             client.set_model_version_tag(name, version, key, repr(value))
-    champion = version_by_alias(client, name, CHAMPION)
-    champ_score: float | None = None
-    champ_interval: tuple[float, float] | None = None
+
+
+def _decide(champion, version: str, score: float, protocol_id: str, metric: str, lower_is_better: bool) -> Decision:
+    """The gate's decision for the candidate against the current ``champion`` (or none)."""
     champion_version = str(champion.version) if champion is not None else None  # SQLite stores give ints
     if champion is None or champion_version == version:
-        decision, reason = "promoted", "no champion yet" if champion is None else "already champion"
+        reason = "no champion yet" if champion is None else "already champion"
+        return Decision("promoted", version, champion_version, score, None, reason, None)
+    champ_protocol = champion.tags.get("eval.protocol_id")
+    raw = champion.tags.get(f"eval.{metric}")
+    champ_score = float(raw) if raw is not None else None
+    champ_interval = recorded_interval(champion.tags, metric)
+    beyond = f"beyond champion's interval [{champ_interval[0]:.6g}, {champ_interval[1]:.6g}]" if champ_interval \
+        else "than champion's score (no interval recorded)"
+    if champ_protocol != protocol_id or champ_score is None:
+        decision = "incomparable"
+        reason = (f"champion v{champion.version} was evaluated under protocol {champ_protocol!r} "
+                  f"({metric}={raw}), candidate under {protocol_id!r}")
+    elif beats(score, champ_score, champ_interval, lower_is_better):
+        decision, reason = "promoted", f"{metric} {score:.6g} is better {beyond} (champion {champ_score:.6g})"
     else:
-        champ_protocol = champion.tags.get("eval.protocol_id")
-        raw = champion.tags.get(f"eval.{metric}")
-        champ_score = float(raw) if raw is not None else None
-        champ_interval = recorded_interval(champion.tags, metric)
-        beyond = f"beyond champion's interval [{champ_interval[0]:.6g}, {champ_interval[1]:.6g}]" if champ_interval \
-            else "than champion's score (no interval recorded)"
-        if champ_protocol != protocol_id or champ_score is None:
-            decision = "incomparable"
-            reason = (f"champion v{champion.version} was evaluated under protocol {champ_protocol!r} "
-                      f"({metric}={raw}), candidate under {protocol_id!r}")
-        elif beats(score, champ_score, champ_interval, lower_is_better):
-            decision, reason = "promoted", f"{metric} {score:.6g} is better {beyond} (champion {champ_score:.6g})"
-        else:
-            decision, reason = "rejected", f"{metric} {score:.6g} is not better {beyond} (champion {champ_score:.6g})"
+        decision, reason = "rejected", f"{metric} {score:.6g} is not better {beyond} (champion {champ_score:.6g})"
+    return Decision(decision, version, champion_version, score, champ_score, reason, champ_interval)
+
+
+def _tag_decision(client: MlflowClient, name: str, version: str, decision: Decision,
+                  interval: tuple[float, float] | None, protocol_id: str, metric: str, lower_is_better: bool,
+                  when: str) -> None:
+    """The decision, the rule and both sides' numbers as tags on the candidate version."""
     direction = "lower" if lower_is_better else "higher"
     tags = {
-        "promotion.decision": decision, "promotion.reason": reason,
+        "promotion.decision": decision.decision, "promotion.reason": decision.reason,
         "promotion.rule": f"{metric} {direction} is better, same protocol; beyond the champion's bootstrap "
                           "interval when it has one",
-        "promotion.candidate_score": repr(score), "promotion.protocol_id": protocol_id, "promotion.metric": metric,
+        "promotion.candidate_score": repr(decision.candidate_score), "promotion.protocol_id": protocol_id,
+        "promotion.metric": metric,
         "promotion.candidate_interval": repr(list(interval)) if interval is not None else "",
-        "promotion.champion_version": champion_version or "",
-        "promotion.champion_score": repr(champ_score) if champ_score is not None else "",
-        "promotion.champion_interval": repr(list(champ_interval)) if champ_interval is not None else "",
-        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "promotion.champion_version": decision.champion_version or "",
+        "promotion.champion_score": repr(decision.champion_score) if decision.champion_score is not None else "",
+        "promotion.champion_interval": repr(list(decision.champion_interval))
+        if decision.champion_interval is not None else "",
+        "promotion.time": when,
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    if decision == "promoted":
-        if champion is not None and champion_version != version:
+
+
+def _move_aliases(client: MlflowClient, name: str, version: str, decision: Decision, champion, when: str) -> None:
+    """Promoted: the candidate becomes champion (the old one is tagged as replaced; a challenger alias on the
+    candidate is dropped). Rejected: the candidate becomes challenger. Incomparable: nothing moves."""
+    if decision.decision == "promoted":
+        if champion is not None and decision.champion_version != version:
             client.set_model_version_tag(name, champion.version, "champion.replaced_by", version)
-            client.set_model_version_tag(name, champion.version, "champion.replaced_time", tags["promotion.time"])
+            client.set_model_version_tag(name, champion.version, "champion.replaced_time", when)
         challenger = version_by_alias(client, name, CHALLENGER)
         if challenger is not None and str(challenger.version) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
         client.set_registered_model_alias(name, CHAMPION, version)
-    elif decision == "rejected":
+    elif decision.decision == "rejected":
         client.set_registered_model_alias(name, CHALLENGER, version)
-    return Decision(decision, version, champion_version, score, champ_score, reason,
-                    champ_interval)
 
 
 def log_dataset(client: MlflowClient, run_id: str, features, targets=None, source: str | None = None,
