@@ -22,6 +22,7 @@ import os
 import sys
 from pathlib import Path
 
+from .config import GroupDiffConfig
 from .procs import PARENT_PID_ENV, watch_parent
 
 
@@ -34,12 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get(PARENT_PID_ENV):
         watch_parent(int(os.environ[PARENT_PID_ENV]))
 
-    from .config import GroupDiffConfig
+    return run_rank(GroupDiffConfig.model_validate(json.loads(Path(args.config).read_text())), args.out)
+
+
+def run_rank(config: GroupDiffConfig, out: str | Path) -> int:
+    """Train this rank of ``config`` into ``out``; 0, or 3 for a non-finite loss (its message on stderr).
+    Also what ``groupdiff train`` runs in place for one process."""
     from .train.trainer import NonFiniteLossError, train
 
-    config = GroupDiffConfig.model_validate(json.loads(Path(args.config).read_text()))
     try:
-        result = train(config, args.out)
+        result = train(config, out)
     except NonFiniteLossError as exc:
         print(f"groupdiff train: error: {exc}", file=sys.stderr, flush=True)
         return 3

@@ -6,7 +6,6 @@ One process runs in place (no launcher needed); ``--nproc N`` starts N local ran
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..cli import add_preset_arguments
@@ -42,16 +41,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--nproc={args.nproc}; expected >= 1")
     out = Path(args.out)
     if args.nproc == 1 and not args.hostfile:
-        from ..train.trainer import NonFiniteLossError, train
+        from ..train_worker import run_rank
 
         validate(config, 1)
-        try:
-            result = train(config, out)
-        except NonFiniteLossError as exc:
-            print(f"groupdiff train: error: {exc}", file=sys.stderr)
-            return 3
-        print(f"finished at step {result.step}; checkpoint {result.checkpoint}")
-        return 0
+        return run_rank(config, out)
     from ..train.launch import launch, write_launch_config
 
     if not args.hostfile:
