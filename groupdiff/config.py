@@ -1,7 +1,11 @@
-"""Typed configuration: one source of truth for every number.
+"""Typed configuration: one source of truth for every number, composed here from the sections each package owns.
 
 Each section is a pydantic model whose fields carry a description and bounds, so the same classes
-validate YAML presets, CLI overrides and (in ``flows/``) render as Prefect UI forms.
+validate YAML presets, CLI overrides and (in ``flows/``) render as Prefect UI forms. The packages own
+their sections (``models/config.py``: model; ``transport/config.py``: transport, sampler; ``data/config.py``;
+``grouping/config.py``: embed, mine; ``train/config.py``) and never import this module at run time; the
+guidance section and the demo section live here because the sample stage and the demo compose the whole
+config. :class:`GroupDiffConfig` composes them; ``from groupdiff.config import ModelConfig`` etc. work.
 
 Presets are YAML files shipped in ``groupdiff/presets/``; :func:`load_preset` reads one by name and
 applies dotted overrides such as ``model.depth=6`` or ``sampler.num_steps=50``.
@@ -21,93 +25,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-PRESET_PACKAGE = "groupdiff.presets"
-
-
 from .config_base import Section
 from .data.config import DataConfig
 from .grouping.config import EmbedConfig, MineConfig
+from .models.config import ModelConfig
 from .train.config import TrainConfig
+from .transport.config import SamplerConfig, TransportConfig
 
-_Section = Section
-
-
-class ModelConfig(_Section):
-    """The SiT backbone with group attention (DESIGN 1.1-1.2)."""
-
-    name: str = Field(
-        "SiT-S/2",
-        description="Architecture: an official name from groupdiff.models.SiT_models (e.g. 'SiT-XL/2') "
-        "or 'custom' to use depth/hidden_size/num_heads/patch_size below.",
-    )
-    depth: int = Field(4, ge=1, le=64, description="Transformer blocks (only for name='custom').")
-    hidden_size: int = Field(128, ge=16, le=4096, description="Token width (only for name='custom').")
-    num_heads: int = Field(4, ge=1, le=64, description="Attention heads (only for name='custom').")
-    patch_size: int = Field(4, ge=1, le=16, description="Patch side in pixels/latents (only for name='custom').")
-    mlp_ratio: float = Field(4.0, gt=0, le=16, description="MLP hidden width as a multiple of hidden_size.")
-    input_size: int = Field(32, ge=2, le=512, description="Side of the (latent) image the model sees.")
-    in_channels: int = Field(4, ge=1, le=64, description="Channels of the (latent) image: 4 for SD-VAE latents.")
-    num_classes: int = Field(1000, ge=1, le=100_000, description="Number of class labels; one extra null row is added for CFG.")
-    class_dropout_prob: float = Field(0.1, ge=0.0, le=1.0, description="Probability of replacing a group's label by null during training (CFG).")
-    learn_sigma: bool = Field(True, description="Official SiT layout: output 2*in_channels (second half unused by the ODE/SDE samplers).")
-    max_group_size: int = Field(16, ge=1, le=256, description="Rows of the sample-index embedding table; largest group N allowed.")
-    time_convention: Literal["noise_at_1", "noise_at_0"] = Field(
-        "noise_at_1",
-        description="Convention the weights were trained in: 'noise_at_1' (GroupDiff/REPA, ours) or "
-        "'noise_at_0' (official SiT checkpoints). The model converts at its boundary.",
-    )
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> "ModelConfig":
-        if self.name == "custom" and self.hidden_size % self.num_heads != 0:
-            raise ValueError(
-                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}"
-            )
-        if self.name == "custom" and self.input_size % self.patch_size != 0:
-            raise ValueError(
-                f"model.input_size={self.input_size} is not divisible by model.patch_size={self.patch_size}"
-            )
-        return self
+PRESET_PACKAGE = "groupdiff.presets"
 
 
-class TransportConfig(_Section):
-    """Linear interpolant with velocity prediction; how training timesteps are drawn (DESIGN 1.2, 1.4)."""
-
-    path: Literal["linear"] = Field("linear", description="Interpolant x_t = (1-t) x_0 + t noise (t=1 noise).")
-    prediction: Literal["velocity"] = Field("velocity", description="Model target: v = noise - x_0.")
-    train_t_min: float = Field(0.0, ge=0.0, lt=1.0, description="Smallest training timestep.")
-    train_t_max: float = Field(1.0, gt=0.0, le=1.0, description="Largest training timestep.")
-    group_t_offset: float = Field(
-        0.0, ge=0.0, le=0.5,
-        description="Intra-group timestep offset: members draw uniformly from t +- offset (clipped). 0 = one t per group.",
-    )
-
-    @model_validator(mode="after")
-    def _check_range(self) -> "TransportConfig":
-        if self.train_t_min >= self.train_t_max:
-            raise ValueError(
-                f"transport.train_t_min={self.train_t_min} must be below transport.train_t_max={self.train_t_max}"
-            )
-        return self
-
-
-class SamplerConfig(_Section):
-    """Numerical integrator from noise (t=1) to data (t=0)."""
-
-    method: Literal["ode-euler", "ode-heun", "sde-euler"] = Field(
-        "sde-euler", description="ODE Euler, ODE Heun (2nd order) or SDE Euler-Maruyama."
-    )
-    num_steps: int = Field(250, ge=1, le=10_000, description="Integration steps (SDE: including the final mean step).")
-    sde_last_step: float = Field(
-        0.04, gt=0.0, lt=1.0,
-        description="SDE: the last step jumps from t=sde_last_step to 0 taking the mean (no noise); "
-        "> 0 because the score is undefined at t=0.",
-    )
-    ode_t_end: float = Field(0.0, ge=0.0, lt=1.0, description="ODE: integrate from t=1 down to this time.")
-    seed: int = Field(0, ge=0, description="Seed for the initial noise, SDE noise and sample ids.")
-
-
-class GuidanceConfig(_Section):
+class GuidanceConfig(Section):
     """Classifier-free guidance and GroupDiff inference (DESIGN 1.4)."""
 
     mode: Literal["baseline", "groupdiff-f", "groupdiff-l"] = Field(
@@ -134,7 +62,7 @@ class GuidanceConfig(_Section):
         return self
 
 
-class DemoConfig(_Section):
+class DemoConfig(Section):
     """``groupdiff demo``: the preset's own training (the ``train`` section, the one trainer) cut short, then
     sample grids."""
 
@@ -144,7 +72,7 @@ class DemoConfig(_Section):
     )
 
 
-class GroupDiffConfig(_Section):
+class GroupDiffConfig(Section):
     """The whole configuration: what a preset file holds."""
 
     preset: str = Field("custom", description="Name of the preset this config came from.")

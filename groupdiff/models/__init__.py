@@ -1,7 +1,7 @@
 """SiT / GroupDiff models: ``SiT_models`` maps official names ("SiT-XL/2", ...) to constructors."""
 from __future__ import annotations
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from .checkpoint import LoadReport, load_official_state_dict, official_state_dict, read_state_dict
 from .sit import SiT, SiT_models, count_parameters, flops_per_image
 

@@ -10,7 +10,8 @@ from typing import Sequence
 
 import torch
 
-from ..config import GuidanceConfig, SamplerConfig
+from ..config import GuidanceConfig
+from ..transport.config import SamplerConfig
 from ..transport.integrators import integrate
 from .guidance import make_velocity_fn
 

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import SamplerConfig
+from .config import SamplerConfig
 from .path import LinearPath
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

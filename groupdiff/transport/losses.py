@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TransportConfig
+from .config import TransportConfig
 from .path import LinearPath
 
 
