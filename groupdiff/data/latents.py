@@ -144,19 +144,3 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.array(self.latents[index], dtype=np.float32)), int(self.labels[index])
-
-
-def run_encode_latents(config, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> dict:
-    """Stage entry: encode ``config.data``'s image dataset (a GroupDiffConfig) with ``config.data.vae``."""
-    from .datasets import build_dataset
-
-    if config.data.dataset == "latents":
-        raise ValueError("data.dataset='latents' is already encoded; point data at the image folder to encode")
-    device = config.data.vae.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dataset = build_dataset(config.data)
-    result = encode_latents(dataset, config.data.vae, out_dir, rank, world_size, device,
-                            num_workers=config.data.num_workers)
-    result["dataset_report"] = dataset.report()
-    return result

@@ -14,13 +14,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..config import GroupDiffConfig
 from ..tracking import NullTracker, Tracker
 from ..transport.losses import training_losses
 from .checkpoint import TAG, CheckpointDir, check_resumable, find_latest, load_rng, resolve_resume, save_checkpoint
@@ -31,6 +30,9 @@ from .optim import EMA, build_optimizer, ema_decay_at, global_grad_norm, param_g
 from .probe import build_probe_set, run_probe
 from .tracker import default_tracker
 from .universal import can_resume_universal, prepare_universal, universal_dir
+
+if TYPE_CHECKING:  # annotations only: the composed config imports this package's section
+    from ..config import GroupDiffConfig
 
 
 class NonFiniteLossError(RuntimeError):

@@ -20,12 +20,15 @@ import argparse
 import contextlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
 from ..atomic import atomic_dir
 from .checkpoint import CheckpointDir
-from ..config import GroupDiffConfig
+
+if TYPE_CHECKING:  # annotations only: the composed config imports this package's section
+    from ..config import GroupDiffConfig
 
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's file name inside a tag folder
 
