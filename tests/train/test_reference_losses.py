@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))
@@ -25,21 +24,13 @@ RTOL = 2e-4
 REFERENCE = json.loads((ASSETS / "reference_losses.json").read_text())
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_reference_matches_its_recipe():
     assert REFERENCE["overrides"] == OVERRIDES and REFERENCE["steps"] == STEPS
     assert sorted(REFERENCE["losses"]) == sorted(VARIANTS)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_first_losses_match_the_reference(variant, tmp_path, one_thread):
+def test_first_losses_match_the_reference(variant, tmp_path, one_torch_thread):
     got = np.array(reference_losses(variant, tmp_path))
     want = np.array(REFERENCE["losses"][variant])
     rel = np.abs(got - want) / np.abs(want)
@@ -47,7 +38,7 @@ def test_first_losses_match_the_reference(variant, tmp_path, one_thread):
                               f"{want[rel.argmax()]:.7f} (relative {rel.max():.2e} > {RTOL})"
 
 
-def test_another_seed_is_far_outside_the_tolerance(tmp_path, one_thread, monkeypatch):
+def test_another_seed_is_far_outside_the_tolerance(tmp_path, one_torch_thread, monkeypatch):
     import make_reference_losses as recipe
 
     monkeypatch.setattr(recipe, "OVERRIDES", [*OVERRIDES, "train.seed=1"])
