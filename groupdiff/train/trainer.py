@@ -108,6 +108,26 @@ def _all_mean(value: torch.Tensor, world: int) -> float:
     return float(value.item()) / world
 
 
+@dataclass
+class _Resume:
+    """Where a run continues from: the checkpoint (or None), its saved state, and how it is restored."""
+
+    path: Path | None = None
+    saved: dict[str, Any] | None = None
+    same_world: bool = False  # DeepSpeed state of the same world size: everything carries over
+    universal: bool = False  # another world size through DeepSpeed's universal checkpoint
+
+
+def _resume_of(config: GroupDiffConfig, run_dir: Path, world: int) -> _Resume:
+    """The checkpoint ``train.resume`` names (checked against ``config``) and how it can be restored."""
+    path = resolve_resume(config.train.resume, run_dir)
+    if path is None:
+        return _Resume()
+    saved = check_resumable(path, config)
+    same_world = saved["world_size"] == world
+    return _Resume(path, saved, same_world, not same_world and can_resume_universal(path, config))
+
+
 def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None = None,
           data: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainResult:
     """Train (or resume) one rank of the run described by ``config`` into ``run_dir``.
@@ -121,10 +141,7 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     dev_type = device_type()
     validate(config, world)
     layout = batch_layout(t, world)
-    resume = resolve_resume(t.resume, run_dir)
-    saved_state = check_resumable(resume, config) if resume is not None else None
-    same_world = saved_state is not None and saved_state["world_size"] == world
-    universal = saved_state is not None and not same_world and can_resume_universal(resume, config)
+    resume = _resume_of(config, run_dir, world)
 
     images, labels = data if data is not None else load_dataset(config)
     check_dataset(config, images, labels)
@@ -137,67 +154,144 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     torch.manual_seed(t.seed)
     model = build_model(config.model)
     model.y_embedder.dropout_prob = 0.0  # the trainer draws label dropout per group (data.draw_step)
-    init_report = _initial_weights(model, config, resume, same_world or universal)
+    init_report = _initial_weights(model, config, resume.path, resume.same_world or resume.universal)
 
     init_distributed(dev_type, local_rank)  # selects DeepSpeed's accelerator before its first import
+    bf16 = use_bf16(t, dev_type)
+    engine = _engine(model, config, resume, rank, world, dev_type, init_report)
+    ema = EMA(engine.module, lambda s: ema_decay_at(s, t))
+    state = _restore(engine, ema, resume, rank, world, init_report)
+    own_tracker = tracker is None
+    tracker = _rank_tracker(config, run_dir, tracker, rank, world, layout, init_report)
+    try:
+        return _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping, tracker,
+                     rank, world, engine.device, bf16)
+    finally:
+        if own_tracker:
+            tracker.close()
+
+
+def _engine(model, config: GroupDiffConfig, resume: _Resume, rank: int, world: int, dev_type: str,
+            init_report: dict[str, Any]):
+    """The DeepSpeed engine around ``model`` (AdamW, or DeepSpeed's own with optimizer offload); set to load
+    a universal checkpoint when resuming on another world size (noted in ``init_report``)."""
     import deepspeed
 
-    bf16 = use_bf16(t, dev_type)
+    t = config.train
     ds_cfg = deepspeed_config(t, world, dev_type)
-    if universal:  # another world size: DeepSpeed's universal checkpoint (weights + AdamW moments, any world)
-        load_dir = prepare_universal(resume, TAG, rank)
+    if resume.universal:  # another world size: DeepSpeed's universal checkpoint (weights + AdamW moments, any world)
+        load_dir = prepare_universal(resume.path, TAG, rank)
         ds_cfg["checkpoint"] = {"load_universal": True}
         init_report.update(mode="resume-universal", note=(
-            f"resuming {resume} (saved on world_size={saved_state['world_size']}) on world_size={world} through "
-            f"DeepSpeed's universal checkpoint ({load_dir}): weights, AdamW moments, step and epoch-plan position "
-            "carry over; per-rank torch RNG states do not (training draws are keyed by step)"))
+            f"resuming {resume.path} (saved on world_size={resume.saved['world_size']}) on world_size={world} "
+            f"through DeepSpeed's universal checkpoint ({load_dir}): weights, AdamW moments, step and epoch-plan "
+            "position carry over; per-rank torch RNG states do not (training draws are keyed by step)"))
     if t.offload_optimizer:
         engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, t.weight_decay), config=ds_cfg)
     else:
         engine, *_ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, t, dev_type), config=ds_cfg)
-    device = engine.device
-    ema = EMA(engine.module, lambda s: ema_decay_at(s, t))
-    state = {"step": 0, "epoch": 0, "index": 0, "counters": {}}
-    if resume is not None:
-        from safetensors.torch import load_file
+    return engine
 
-        if same_world or universal:
-            folder = CheckpointDir(resume).ds_dir if same_world else universal_dir(resume)
-            loaded, _ = engine.load_checkpoint(str(folder), tag=TAG, load_optimizer_states=True,
-                                               load_lr_scheduler_states=False)
-            if loaded is None:
-                raise FileNotFoundError(f"DeepSpeed checkpoint missing under {folder} (tag {TAG!r})")
-            if same_world:
-                load_rng(resume, rank)
-        else:
-            init_report["note"] = (
-                f"resuming {resume} (saved on world_size={saved_state['world_size']}) on world_size={world} "
-                "through the consolidated weights: weights, EMA, step and epoch-plan position carry over; "
-                "the optimizer state (AdamW moments) and per-rank RNG states do NOT and restart fresh "
-                "(training draws are keyed by step, so data order and noise are unaffected)"
-            )
-        ema.load_state_dict(load_file(str(CheckpointDir(resume).ema_file)))
-        state = {k: saved_state[k] for k in ("step", "epoch", "index", "counters")}
 
-    own_tracker = tracker is None
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
-        (run_dir / "init_report.json").write_text(json.dumps(init_report, indent=2))
-        tracker = tracker or default_tracker(run_dir)
-        tracker.log_params({**config.model_dump(), "init": init_report, "world_size": world,
-                            "accumulation": layout.accumulation, "micro_batch_images": layout.micro_images})
-        for line in (init_report.get("summary"), init_report.get("note")):
-            if line:
-                print(f"[groupdiff train] {line}", flush=True)
+def _restore(engine, ema: EMA, resume: _Resume, rank: int, world: int, init_report: dict[str, Any]) -> dict[str, Any]:
+    """Load the optimizer/RNG/EMA state of the checkpoint being resumed; returns the loop's starting state."""
+    if resume.path is None:
+        return {"step": 0, "epoch": 0, "index": 0, "counters": {}}
+    from safetensors.torch import load_file
+
+    if resume.same_world or resume.universal:
+        folder = CheckpointDir(resume.path).ds_dir if resume.same_world else universal_dir(resume.path)
+        loaded, _ = engine.load_checkpoint(str(folder), tag=TAG, load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)
+        if loaded is None:
+            raise FileNotFoundError(f"DeepSpeed checkpoint missing under {folder} (tag {TAG!r})")
+        if resume.same_world:
+            load_rng(resume.path, rank)
     else:
-        tracker = NullTracker()
-    try:
-        return _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping, tracker,
-                     rank, world, device, bf16)
-    finally:
-        if own_tracker:
-            tracker.close()
+        init_report["note"] = (
+            f"resuming {resume.path} (saved on world_size={resume.saved['world_size']}) on world_size={world} "
+            "through the consolidated weights: weights, EMA, step and epoch-plan position carry over; "
+            "the optimizer state (AdamW moments) and per-rank RNG states do NOT and restart fresh "
+            "(training draws are keyed by step, so data order and noise are unaffected)"
+        )
+    ema.load_state_dict(load_file(str(CheckpointDir(resume.path).ema_file)))
+    return {k: resume.saved[k] for k in ("step", "epoch", "index", "counters")}
+
+
+def _rank_tracker(config: GroupDiffConfig, run_dir: Path, tracker: Tracker | None, rank: int, world: int,
+                  layout, init_report: dict[str, Any]) -> Tracker:
+    """Rank 0: writes the run's config and init report, logs the params and returns the tracker (the given
+    one or :func:`default_tracker`); other ranks track nothing."""
+    if rank != 0:
+        return NullTracker()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    (run_dir / "init_report.json").write_text(json.dumps(init_report, indent=2))
+    tracker = tracker or default_tracker(run_dir)
+    tracker.log_params({**config.model_dump(), "init": init_report, "world_size": world,
+                        "accumulation": layout.accumulation, "micro_batch_images": layout.micro_images})
+    for line in (init_report.get("summary"), init_report.get("note")):
+        if line:
+            print(f"[groupdiff train] {line}", flush=True)
+    return tracker
+
+
+@dataclass
+class _StepOutcome:
+    loss: float
+    grad_norm: float
+    lr: float
+    ema_decay: float
+
+
+def _step(config: GroupDiffConfig, engine, ema: EMA, forward, batch, sb, layout, step: int, world: int, device,
+          bf16: bool, warm, run_dir: Path, where: str) -> _StepOutcome:
+    """One optimizer step on this rank's share ``sb`` of ``batch``: learning rate, micro batches with
+    gradient accumulation, the non-finite check (before any weight changes), the step and the EMA."""
+    t = config.train
+    model = engine.module
+    lr = t.lr * warm(step)
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), dtype=torch.float32)
+    for i in range(layout.accumulation):
+        mb = sb.micro(i, layout.micro_images)
+        ids = None if mb.sample_ids is None else mb.sample_ids.to(device)
+        losses = training_losses(forward, mb.x0.to(device), mb.y.to(device), mb.group_size, config.transport,
+                                 t=mb.t.to(device), noise=mb.noise.to(device), sample_ids=ids)
+        loss = losses.mean()
+        engine.backward(loss)
+        loss_sum += loss.detach().float().cpu()
+        if i < layout.accumulation - 1:
+            engine.step()
+    mean_loss = _all_mean(loss_sum / layout.accumulation, world)
+    if not math.isfinite(mean_loss):
+        latest = find_latest(run_dir)
+        raise NonFiniteLossError(
+            f"non-finite loss {mean_loss} at step {step + 1} ({where}, "
+            f"{'group' if batch.group_size > 1 else 'direct'} batch); stopped without saving. "
+            f"Last good checkpoint: {latest if latest else 'none'}"
+        )
+    manual_norm = t.zero_stage == 0 and not bf16
+    grad_norm = global_grad_norm(model.parameters()) if manual_norm else None
+    engine.step()
+    if grad_norm is None:
+        value = engine.get_global_grad_norm()
+        grad_norm = float(value) if value is not None else float("nan")
+    return _StepOutcome(mean_loss, grad_norm, lr, ema.update(model, step))
+
+
+class _Window:
+    """The metrics of the steps since the last log line: summed loss, steps, busy seconds."""
+
+    def __init__(self):
+        self.loss, self.steps, self.busy = 0.0, 0, 0.0
+
+    def add(self, loss: float, busy_s: float) -> None:
+        self.loss, self.steps, self.busy = self.loss + loss, self.steps + 1, self.busy + busy_s
+
+    def metrics(self, images_per_step: int) -> dict[str, float]:
+        return {"loss": self.loss / self.steps, "images_per_s": self.steps * images_per_step / max(self.busy, 1e-9)}
 
 
 def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping, tracker, rank, world,
@@ -217,12 +311,9 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     counters = {"images": 0, "group_batches": 0, "direct_batches": 0, "unconditional_images": 0, **state["counters"]}
     step, epoch, index = state["step"], state["epoch"], state["index"]
     last_saved = step if state["step"] else None
-    window_loss, window_steps, window_busy = 0.0, 0, 0.0
+    window = _Window()
     last_loss = float("nan")
-    record = None
-    if t.record_indices:
-        (run_dir / "indices").mkdir(parents=True, exist_ok=True)
-        record = (run_dir / "indices" / f"rank{rank}.jsonl").open("a")
+    record = _index_record(run_dir, rank) if t.record_indices else None
     bar = tqdm(total=t.steps, initial=step, disable=rank != 0, desc=f"train {t.variant}", dynamic_ncols=True)
     checkpoint = find_latest(run_dir) if last_saved is not None else None
     engine.train()
@@ -237,59 +328,26 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
             sb = draw_step(batch, images, labels, config, step, rank, world, model)
             if record is not None:
                 record.write(json.dumps({"step": step, "indices": sb.indices.tolist()}) + "\n")
-            lr = t.lr * warm(step)
-            for group in engine.optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), dtype=torch.float32)
-            for i in range(layout.accumulation):
-                mb = sb.micro(i, layout.micro_images)
-                ids = None if mb.sample_ids is None else mb.sample_ids.to(device)
-                losses = training_losses(forward, mb.x0.to(device), mb.y.to(device), mb.group_size, config.transport,
-                                         t=mb.t.to(device), noise=mb.noise.to(device), sample_ids=ids)
-                loss = losses.mean()
-                engine.backward(loss)
-                loss_sum += loss.detach().float().cpu()
-                if i < layout.accumulation - 1:
-                    engine.step()
-            mean_loss = _all_mean(loss_sum / layout.accumulation, world)
-            if not math.isfinite(mean_loss):
-                latest = find_latest(run_dir)
-                raise NonFiniteLossError(
-                    f"non-finite loss {mean_loss} at step {step + 1} (epoch {epoch}, batch {index}, "
-                    f"{'group' if batch.group_size > 1 else 'direct'} batch); stopped without saving. "
-                    f"Last good checkpoint: {latest if latest else 'none'}"
-                )
-            manual_norm = t.zero_stage == 0 and not bf16
-            grad_norm = global_grad_norm(model.parameters()) if manual_norm else None
-            engine.step()
-            if grad_norm is None:
-                value = engine.get_global_grad_norm()
-                grad_norm = float(value) if value is not None else float("nan")
-            ema_decay = ema.update(model, step)
-            window_busy += time.perf_counter() - started
+            out = _step(config, engine, ema, forward, batch, sb, layout, step, world, device, bf16, warm, run_dir,
+                        f"epoch {epoch}, batch {index}")
+            window.add(out.loss, time.perf_counter() - started)
             step, index = step + 1, index + 1
-            counters["images"] += len(batch.indices)
-            counters["group_batches" if batch.group_size > 1 else "direct_batches"] += 1
-            counters["unconditional_images"] += len(batch.indices) if batch.unconditional else 0
-            last_loss = mean_loss
-            window_loss, window_steps = window_loss + mean_loss, window_steps + 1
+            _count(counters, batch)
+            last_loss = out.loss
             bar.update(1)
             if step % t.log_every == 0 or step == t.steps:
-                metrics = {"loss": window_loss / window_steps, "grad_norm": grad_norm, "lr": lr, "epoch": epoch,
-                           "ema_decay": ema_decay, "ema_raw_rel_diff": ema.relative_difference(model),
-                           "images_per_s": window_steps * t.global_batch_images / max(window_busy, 1e-9),
-                           **{f"count/{k}": v for k, v in counters.items()}}
+                metrics = {**window.metrics(t.global_batch_images), **_step_metrics(out, epoch, ema, model, counters)}
                 tracker.log_metrics(metrics, step=step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-                window_loss, window_steps, window_busy = 0.0, 0, 0.0
+                window = _Window()
             if probe is not None and step % t.probe_every == 0:
                 engine.eval()
                 tracker.log_metrics(run_probe(forward, probe, config, model.null_label, device), step=step)
                 engine.train()
             if step % t.checkpoint_every == 0 or step == t.steps:
-                state = {"step": step, "epoch": epoch, "index": index, "world_size": world, "counters": counters,
-                         "variant": t.variant}
-                checkpoint = save_checkpoint(engine, ema, config, state, run_dir, rank, t.keep_last)
+                checkpoint = save_checkpoint(engine, ema, config, {
+                    "step": step, "epoch": epoch, "index": index, "world_size": world, "counters": counters,
+                    "variant": t.variant}, run_dir, rank, t.keep_last)
                 last_saved = step
     finally:
         bar.close()
@@ -298,3 +356,22 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     if last_saved != step:  # a resumed run that had nothing left to do still leaves its checkpoint
         checkpoint = find_latest(run_dir)
     return TrainResult(run_dir, step, checkpoint, last_loss)
+
+
+def _step_metrics(out: _StepOutcome, epoch: int, ema: EMA, model, counters: dict[str, int]) -> dict[str, float]:
+    """The last step's gradient norm, learning rate and EMA state, the epoch and the running counts."""
+    return {"grad_norm": out.grad_norm, "lr": out.lr, "epoch": epoch, "ema_decay": out.ema_decay,
+            "ema_raw_rel_diff": ema.relative_difference(model), **{f"count/{k}": v for k, v in counters.items()}}
+
+
+def _index_record(run_dir: Path, rank: int):
+    """The file (appended to) where this rank records the dataset indices of every step (``train.record_indices``)."""
+    (run_dir / "indices").mkdir(parents=True, exist_ok=True)
+    return (run_dir / "indices" / f"rank{rank}.jsonl").open("a")
+
+
+def _count(counters: dict[str, int], batch) -> None:
+    """Images, group/direct batches and unconditional images seen (kept in checkpoints for exact resume)."""
+    counters["images"] += len(batch.indices)
+    counters["group_batches" if batch.group_size > 1 else "direct_batches"] += 1
+    counters["unconditional_images"] += len(batch.indices) if batch.unconditional else 0
