@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from groupdiff.atomic import write_bytes_atomic, write_text_atomic
 from groupdiff.config import GroupDiffConfig
 from groupdiff.sample.stage import save_class_grid
 from groupdiff.train.checkpoint import CheckpointDir
@@ -44,11 +45,15 @@ CLASS_GRID = "classes.png"  # one row per class: what a person looks at before b
 CLASS_GRID_PER_CLASS = 10
 
 
+SAMPLE_FILES = ("samples.npz", "sample.json", "grid.png", CLASS_GRID)  # what a published sample set holds
+
+
 @task(**task_options("sample"))
 def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, checkpoint: dict, num_samples: int,
                 parent_run_id: str | None, threads: int, batch_images: int, weights: str) -> dict:
     """Generate ``num_samples`` class-balanced images from ``checkpoint``'s ``weights`` ('ema' or 'raw') with
     ``config``'s sampler/guidance; the weights are recorded (MLflow param and tag, sample.json, manifest)."""
+    from groupdiff.sample.stage import scale_name
     from registry.layout import samples_key
 
     rec = Records(records)
@@ -56,57 +61,70 @@ def sample_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, ch
     prefix = key.rsplit("/", 1)[0]
     folder = rec.work("samples", checkpoint["run"], digest)
     if (done := already_published(rec, prefix)) is None:
-        import torch
-
-        from groupdiff.sample.stage import SampleStageConfig, load_model_and_config
-        from groupdiff.sample.stage import run as run_stage
-
-        if threads:
-            torch.set_num_threads(threads)
-        model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config),
-                                           weights=weights)
-        stage = SampleStageConfig(out_dir=str(folder / "stage"), num_samples=num_samples,
-                                  batch_groups=max(1, batch_images // cfg.guidance.group_size),
-                                  grid_groups=4,
-                                  attention_score=cfg.guidance.group_size > 1, weights=weights)
-        params = {"sampler": cfg.sampler.model_dump(), "guidance": cfg.guidance.model_dump(), "num_samples": num_samples,
-                  "weights": weights}
-        with stage_run(rec, parent_run_id, f"sample-{checkpoint['variant']}", params) as run_id:
-            rec.mlflow.set_tag(run_id, WEIGHTS_TAG, weights)
-            result = run_stage(stage, cfg, model, progress=False)
-            scale = stage.scales(cfg)[0]
-            npz, grid = Path(result.npz[scale]), result.grids.get(scale)
-            (folder / "samples.npz").write_bytes(npz.read_bytes())
-            (folder / "sample.json").write_text((folder / "stage" / "sample.json").read_text())
-            if grid:
-                (folder / "grid.png").write_bytes(Path(grid).read_bytes())
-                rec.mlflow.log_artifact(run_id, str(folder / "grid.png"), "samples")
-            from groupdiff.metrics.npz import read_samples_npz
-
-            batch = read_samples_npz(npz)
-            if save_class_grid(batch.images, batch.labels, CLASS_GRID_PER_CLASS, folder / CLASS_GRID) is not None:
-                rec.mlflow.log_artifact(run_id, str(folder / CLASS_GRID), "samples")
-            s_cross = result.s_cross.get(scale)
-            if s_cross is not None and s_cross == s_cross:
-                rec.mlflow.log_batch(run_id, metrics=_metrics({"s_cross": s_cross}))
-            done = {"digest": digest, "run": checkpoint["run"], "variant": checkpoint["variant"], "mlflow_run_id": run_id,
-                    "cfg_scale": scale, "num_samples": num_samples, "weights": weights}
-            for name in ("samples.npz", "sample.json", "grid.png", CLASS_GRID):
-                if (folder / name).is_file():
-                    rec.store.put_file(f"{prefix}/{name}", folder / name)
-            publish_manifest(rec, prefix, folder, done)
+        done = _sample_and_publish(rec, config, checkpoint, digest, prefix, folder, num_samples, parent_run_id,
+                                   threads, batch_images, weights)
     else:
-        for name in ("samples.npz", "grid.png", CLASS_GRID):
+        for name in SAMPLE_FILES:
             if not (folder / name).is_file() and rec.store.exists(f"{prefix}/{name}"):
                 rec.store.get_file(f"{prefix}/{name}", folder / name)
     grid_key = f"{prefix}/grid.png"
-    from groupdiff.sample.stage import scale_name
-
     # score the stage's own file when present: its sample.json gives the report its context (mode, N, cfg)
     staged = folder / "stage" / scale_name(done["cfg_scale"]) / "samples.npz"
     return {**done, "uri": rec.store.uri(key), "key": key, "path": str(staged if staged.is_file() else folder / "samples.npz"),
             "grid_key": grid_key if rec.store.exists(grid_key) else None,
             "class_grid": str(folder / CLASS_GRID) if (folder / CLASS_GRID).is_file() else None}
+
+
+def _sample_and_publish(rec: Records, config: GroupDiffConfig, checkpoint: dict, digest: str, prefix: str,
+                        folder: Path, num_samples: int, parent_run_id: str | None, threads: int, batch_images: int,
+                        weights: str) -> dict:
+    """Run the sample stage on the checkpoint (a nested MLflow run), keep its outputs in ``folder`` and
+    publish them under ``prefix``; returns the published record."""
+    import torch
+
+    from groupdiff.sample.stage import SampleStageConfig, load_model_and_config
+    from groupdiff.sample.stage import run as run_stage
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, cfg = load_model_and_config(str(local_checkpoint(rec, checkpoint)), overrides=inference_overrides(config),
+                                       weights=weights)
+    stage = SampleStageConfig(out_dir=str(folder / "stage"), num_samples=num_samples,
+                              batch_groups=max(1, batch_images // cfg.guidance.group_size), grid_groups=4,
+                              attention_score=cfg.guidance.group_size > 1, weights=weights)
+    params = {"sampler": cfg.sampler.model_dump(), "guidance": cfg.guidance.model_dump(), "num_samples": num_samples,
+              "weights": weights}
+    with stage_run(rec, parent_run_id, f"sample-{checkpoint['variant']}", params) as run_id:
+        rec.mlflow.set_tag(run_id, WEIGHTS_TAG, weights)
+        result = run_stage(stage, cfg, model, progress=False)
+        scale = stage.scales(cfg)[0]
+        _keep_outputs(rec, run_id, result, scale, folder)
+        done = {"digest": digest, "run": checkpoint["run"], "variant": checkpoint["variant"], "mlflow_run_id": run_id,
+                "cfg_scale": scale, "num_samples": num_samples, "weights": weights}
+        for name in SAMPLE_FILES:
+            if (folder / name).is_file():
+                rec.store.put_file(f"{prefix}/{name}", folder / name)
+        publish_manifest(rec, prefix, folder, done)
+    return done
+
+
+def _keep_outputs(rec: Records, run_id: str, result, scale: float, folder: Path) -> None:
+    """Copy the stage's samples, sample.json and grid for ``scale`` into ``folder``, draw the class grid, and
+    log the grids and S_cross to the MLflow run."""
+    from groupdiff.metrics.npz import read_samples_npz
+
+    npz, grid = Path(result.npz[scale]), result.grids.get(scale)
+    write_bytes_atomic(folder / "samples.npz", npz.read_bytes())
+    write_bytes_atomic(folder / "sample.json", (folder / "stage" / "sample.json").read_bytes())
+    if grid:
+        write_bytes_atomic(folder / "grid.png", Path(grid).read_bytes())
+        rec.mlflow.log_artifact(run_id, str(folder / "grid.png"), "samples")
+    batch = read_samples_npz(npz)
+    if save_class_grid(batch.images, batch.labels, CLASS_GRID_PER_CLASS, folder / CLASS_GRID) is not None:
+        rec.mlflow.log_artifact(run_id, str(folder / CLASS_GRID), "samples")
+    s_cross = result.s_cross.get(scale)
+    if s_cross is not None and s_cross == s_cross:  # not NaN (N = 1 records none)
+        rec.mlflow.log_batch(run_id, metrics=_metrics({"s_cross": s_cross}))
 
 
 def local_checkpoint(rec: Records, checkpoint: dict) -> Path:
@@ -123,7 +141,7 @@ def local_checkpoint(rec: Records, checkpoint: dict) -> Path:
 def publish_manifest(rec: Records, prefix: str, folder: Path, manifest: dict) -> None:
     """Write the manifest object last (the files were uploaded one by one before)."""
     rec.store.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, default=str))
 
 
 def floor_metrics(floor: dict[str, float]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from prefect import get_run_logger, task
 
 from groupdiff.config import GroupDiffConfig
 from groupdiff.procs import PARENT_PID_ENV, stop_tree
+from groupdiff.train.checkpoint import CheckpointDir, find_latest
 from groupdiff.train.launch import start, supervise, write_launch_config
 from groupdiff.train.tracker import METRICS_FILE, TRACKER_ENV
 
@@ -150,56 +152,70 @@ def _ensure_limit(name: str, slots: int) -> None:
 @task(**task_options("train"))
 def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dataset: dict, groups: dict | None,
                parent_run_id: str | None, world_size: int = 1, parent_checkpoint: dict | None = None) -> dict:
-    """Train one variant and publish its final checkpoint to ``checkpoints/<run>/<step>/``."""
-    from prefect.concurrency.sync import concurrency
-    from prefect.runtime import flow_run
-
-    from registry.catalogue.models import Checkpoint, Dataset, GroupTable
-    from registry.catalogue.records import record_checkpoint
+    """Train one variant and publish its final checkpoint to ``checkpoints/<run>/<step>/`` (or fetch the one
+    already published under this digest), then record it in the catalogue."""
     from registry.layout import checkpoint_prefix
-    from sqlalchemy import select
 
-    from .data_tasks import MANIFEST, already_published, fetch, publish
+    from .data_tasks import MANIFEST, already_published, fetch
 
     rec = Records(records)
-    log = get_run_logger()
-    variant = config.train.variant
-    run = f"{variant}-{digest}"
-    step = config.train.steps
-    prefix = checkpoint_prefix(run, step)
-    folder = rec.work("checkpoints", run, f"{step:08d}")
+    run = f"{config.train.variant}-{digest}"
+    prefix = checkpoint_prefix(run, config.train.steps)
+    folder = rec.work("checkpoints", run, f"{config.train.steps:08d}")
     done = already_published(rec, prefix)
     if done is None:
-        if groups is not None:
-            config = config.model_copy(update={"train": config.train.model_copy(update={"groups_path": groups["path"]})})
-        run_dir = rec.work("train", run)
-        limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
-        _ensure_limit(limit, rec.config.training_slots)
-        with stage_run(rec, parent_run_id, f"train-{variant}", config.model_dump()) as run_id:
-            env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
-            pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
-            with concurrency(limit, occupy=1, lease_duration=LEASE_S):
-                log.info("training %s (%d steps, world size %d) in %s", variant, step, world_size, run_dir)
-                run_training(config, run_dir, world_size, env, pids, echo=console_echo(log))
-            from groupdiff.train.checkpoint import CheckpointDir, find_latest
-
-            latest = find_latest(run_dir)
-            if latest is None:
-                raise RuntimeError(f"training of {run} finished without a checkpoint in {run_dir}")
-            import shutil
-
-            for name in CheckpointDir.FILES:
-                if (latest / name).is_file():
-                    shutil.copy2(latest / name, folder / name)
-            state = CheckpointDir(latest).read_state()
-            done = {"digest": digest, "run": run, "variant": variant, "step": step, "trained_steps": int(state.get("step", step)),
-                    "mlflow_run_id": run_id}
-            publish(rec, prefix, folder, done)
-            rec.mlflow.log_artifact(run_id, str(CheckpointDir(folder).config_file), "checkpoint")
+        done = _train_and_publish(rec, config, digest, run, prefix, folder, groups, parent_run_id, world_size)
     else:
         fetch(rec, prefix, folder)
     assert (folder / MANIFEST).is_file()
     uri = rec.store.uri(prefix)
+    _record_checkpoint(rec, done, digest, uri, dataset, groups, parent_checkpoint, config.train.variant)
+    return {**done, "uri": uri, "path": str(folder)}
+
+
+def _train_and_publish(rec: Records, config: GroupDiffConfig, digest: str, run: str, prefix: str, folder: Path,
+                       groups: dict | None, parent_run_id: str | None, world_size: int) -> dict:
+    """Train inside the pool's training-slot limit (a nested MLflow run), copy the last checkpoint's files to
+    ``folder`` and publish it under ``prefix``; returns the published record."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.runtime import flow_run
+
+    from .data_tasks import publish
+
+    log = get_run_logger()
+    variant, step = config.train.variant, config.train.steps
+    if groups is not None:
+        config = config.model_copy(update={"train": config.train.model_copy(update={"groups_path": groups["path"]})})
+    run_dir = rec.work("train", run)
+    limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
+    _ensure_limit(limit, rec.config.training_slots)
+    with stage_run(rec, parent_run_id, f"train-{variant}", config.model_dump()) as run_id:
+        env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
+        pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
+        with concurrency(limit, occupy=1, lease_duration=LEASE_S):
+            log.info("training %s (%d steps, world size %d) in %s", variant, step, world_size, run_dir)
+            run_training(config, run_dir, world_size, env, pids, echo=console_echo(log))
+        latest = find_latest(run_dir)
+        if latest is None:
+            raise RuntimeError(f"training of {run} finished without a checkpoint in {run_dir}")
+        for name in CheckpointDir.FILES:
+            if (latest / name).is_file():
+                shutil.copy2(latest / name, folder / name)
+        state = CheckpointDir(latest).read_state()
+        done = {"digest": digest, "run": run, "variant": variant, "step": step,
+                "trained_steps": int(state.get("step", step)), "mlflow_run_id": run_id}
+        publish(rec, prefix, folder, done)
+        rec.mlflow.log_artifact(run_id, str(CheckpointDir(folder).config_file), "checkpoint")
+    return done
+
+
+def _record_checkpoint(rec: Records, done: dict, digest: str, uri: str, dataset: dict, groups: dict | None,
+                       parent_checkpoint: dict | None, variant: str) -> None:
+    """The checkpoint's catalogue row, linked to its dataset, group table (GroupDiff variants) and parent."""
+    from registry.catalogue.models import Checkpoint, Dataset, GroupTable
+    from registry.catalogue.records import record_checkpoint
+    from sqlalchemy import select
+
     with rec.catalogue.begin() as session:
         ds = session.scalar(select(Dataset).where(Dataset.digest == dataset["digest"]))
         gt = session.scalar(select(GroupTable).where(GroupTable.digest == groups["digest"])) if groups else None
@@ -208,4 +224,3 @@ def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dat
             parent = session.scalar(select(Checkpoint).where(Checkpoint.digest == parent_checkpoint["digest"]))
         record_checkpoint(session, done["mlflow_run_id"], done["step"], digest, uri, ds,
                           gt if variant != "baseline" else None, parent, {"variant": variant})
-    return {**done, "uri": uri, "path": str(folder)}
