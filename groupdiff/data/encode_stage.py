@@ -10,9 +10,10 @@ import torch
 
 from .datasets import build_dataset
 from .latents import encode_latents
+from .shards import ShardStageResult
 
 
-def run_encode_latents(config, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> dict:
+def run_encode_latents(config, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> ShardStageResult:
     """Stage entry: encode ``config.data``'s image dataset (a GroupDiffConfig) with ``config.data.vae``."""
     if config.data.dataset == "latents":
         raise ValueError("data.dataset='latents' is already encoded; point data at the image folder to encode")

@@ -20,7 +20,7 @@ import torch
 from .config import VaeConfig
 from .digest import digest_json, file_digest
 from ..atomic import write_json_atomic
-from .shards import load_shards, missing_shards, run_shards, save_atomic
+from .shards import ShardStageResult, load_shards, missing_shards, run_shards, save_atomic
 
 MANIFEST = "latents.json"
 PREFIX = "lat"
@@ -71,7 +71,7 @@ def build_vae(config: VaeConfig, device: str | torch.device = "cpu"):
 
 
 def encode_latents(dataset, config: VaeConfig, out_dir: str | Path, rank: int = 0, world_size: int = 1,
-                   device: str = "cpu", vae=None, vae_digest: str | None = None, num_workers: int = 0) -> dict:
+                   device: str = "cpu", vae=None, vae_digest: str | None = None, num_workers: int = 0) -> ShardStageResult:
     """Encode this rank's missing latent shards of ``dataset`` (RGB in [-1, 1]) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ their file alone and computes only the missing ones.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypedDict
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,9 +34,20 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+class ShardStageResult(TypedDict, total=False):
+    """What a sharded stage (``embed``, ``encode-latents``) returns on one rank, as its CLI prints it and its
+    flow task records it: a plain dict (JSON as it is) with these keys."""
+
+    computed: list[int]  # shards this rank computed
+    skipped: list[int]  # shards already on disk (a resumed or shared run)
+    complete: bool  # every rank's shards are there: the folder can be loaded
+    manifest: dict[str, Any]  # the folder's manifest (digests of the inputs, counts, shapes)
+    dataset_report: dict[str, Any]  # the dataset's own report (images read, skipped files)
+
+
 def run_shards(num_items: int, shard_size: int, out_dir: Path, prefix: str,
                compute: Callable[[np.ndarray], np.ndarray], rank: int = 0, world_size: int = 1,
-               desc: str = "shards") -> dict[str, list[int]]:
+               desc: str = "shards") -> ShardStageResult:
     """Compute this rank's missing shards with ``compute(indices) -> array`` and write each atomically.
 
     Returns ``{"computed": [...], "skipped": [...]}`` shard numbers.
@@ -46,7 +57,7 @@ def run_shards(num_items: int, shard_size: int, out_dir: Path, prefix: str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = [s for s in range(num_shards(num_items, shard_size)) if s % world_size == rank]
-    done = {"computed": [], "skipped": []}
+    done: ShardStageResult = {"computed": [], "skipped": []}
     for s in tqdm(mine, desc=f"{desc} (rank {rank}/{world_size})", unit="shard"):
         path = shard_path(out_dir, prefix, s)
         if path.exists():

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..data.digest import digest_json
 from ..atomic import write_json_atomic
-from ..data.shards import load_shards, missing_shards, run_shards, save_atomic
+from ..data.shards import ShardStageResult, load_shards, missing_shards, run_shards, save_atomic
 from ..encoders.base import Encoder
 from ..encoders.factory import build_encoder
 from .config import EmbedConfig
@@ -71,7 +71,7 @@ def make_encoder(dataset, config: EmbedConfig) -> Encoder:
 
 
 def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, rank: int = 0, world_size: int = 1,
-                  encoder: Encoder | None = None, num_workers: int = 0) -> dict:
+                  encoder: Encoder | None = None, num_workers: int = 0) -> ShardStageResult:
     """Compute this rank's missing embedding shards of ``dataset`` into ``out_dir``.
 
     Returns ``{"computed": [...], "skipped": [...], "manifest": {...}, "complete": bool}``.
@@ -148,7 +148,7 @@ def check_embeddings(vectors: np.ndarray, source: str) -> None:
         raise ValueError(f"{source}: embeddings are not L2-normalised (norms in [{norms.min():.4f}, {norms.max():.4f}])")
 
 
-def run_embed(config, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> dict:
+def run_embed(config, out_dir: str | Path, rank: int = 0, world_size: int = 1) -> ShardStageResult:
     """Stage entry: build ``config.data``'s dataset and embed it with ``config.embed`` (a GroupDiffConfig)."""
     from ..data.datasets import build_dataset
 

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 from pydantic import Field
@@ -136,7 +136,23 @@ def real_floor(config: ScoreConfig, space: FeatureSpace, reference: ReferenceSta
     return metrics, info
 
 
-def run(config: ScoreConfig, spaces: dict[str, tuple[FeatureSpace, ReferenceStats]] | None = None) -> dict:
+class ScoreResult(TypedDict, total=False):
+    """What the score stage returns (and writes to ``metrics.json``, less ``path``): a plain dict, JSON as it is."""
+
+    samples: str  # the scored .npz
+    num_samples: int
+    image_size: list[int]
+    metrics: dict[str, float]  # fd/sfid/is/precision/recall per space, class_agreement, fd intervals, s_cross
+    floor: dict[str, float]  # the same metrics for held-out real images of the samples' size (fmnist space)
+    floor_info: dict[str, Any]  # which real images the floor used
+    classifier: dict[str, Any]  # the fmnist-space classifier's record (test accuracy)
+    context: dict[str, Any]  # the samples' sample.json: weights, mode, N, cfg scale
+    score_config: dict[str, Any]
+    seconds: float
+    path: str  # where metrics.json was written
+
+
+def run(config: ScoreConfig, spaces: dict[str, tuple[FeatureSpace, ReferenceStats]] | None = None) -> ScoreResult:
     """Score ``config.samples``; ``spaces`` may supply ready (space, reference) pairs (tests, benchmarks)."""
     samples_path = Path(config.samples)
     batch = read_samples_npz(samples_path)
@@ -174,7 +190,7 @@ def run(config: ScoreConfig, spaces: dict[str, tuple[FeatureSpace, ReferenceStat
     s_cross = batch.extras.get("s_cross")
     if s_cross is not None and np.isfinite(s_cross).any():
         metrics["s_cross"] = float(np.nanmean(s_cross))
-    result = {
+    result: ScoreResult = {
         "samples": str(samples_path), "num_samples": int(len(images)),
         "image_size": list(images.shape[1:3]), "metrics": metrics, "floor": floor, **extra,
         "context": sample_context(samples_path),
