@@ -20,6 +20,9 @@ SCORE_FIELDS = ScoreConfig.model_fields  # the score stage's defaults are the pr
 FMNIST_TEST_IMAGES = 10_000  # the built-in test split: reference + real-data floor come from it
 
 Variant = Literal["baseline", "groupdiff-l", "groupdiff-f"]
+# PipelineParams fields that default to the preset's value (field -> preset section.field)
+PRESET_FIELDS = {"encoder": "embed.encoder", "grouping_mode": "mine.mode", "group_size": "train.group_size",
+                 "threshold": "mine.tau", "batch_images": "train.global_batch_images"}
 Encoder = Literal["pixels", "classifier", "clip", "dinov2"]
 GroupingMode = Literal["similarity", "class", "random"]
 Sampler = Literal["ode-euler", "ode-heun", "sde-euler"]
@@ -81,14 +84,19 @@ class PipelineParams(EvalProtocolParams):
         default_factory=lambda: ["baseline", "groupdiff-l"], min_length=1, max_length=3,
         description="Training variants to train and compare (each becomes a registered model version).",
     )
-    encoder: Encoder = Field("pixels", description="Image encoder for group mining (clip/dinov2 need local weights in the preset).")
-    grouping_mode: GroupingMode = Field("similarity", description="How groups are formed: embedding similarity, same class, or random.")
-    group_size: int = Field(4, ge=2, le=16, description="Images per group N for the GroupDiff variants.")
-    threshold: float = Field(0.3, ge=-1.0, le=1.0, description="Cosine similarity threshold tau for a neighbour to count (similarity mode).")
+    encoder: Encoder | None = Field(None, description="Image encoder for group mining (empty = the preset's "
+                                    "embed.encoder; clip/dinov2 need local weights in the preset).")
+    grouping_mode: GroupingMode | None = Field(None, description="How groups are formed: embedding similarity, same "
+                                               "class, or random (empty = the preset's mine.mode).")
+    group_size: int | None = Field(None, ge=2, le=16, description="Images per group N for the GroupDiff variants "
+                                   "(empty = the preset's train.group_size).")
+    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine similarity threshold tau for a "
+                                    "neighbour to count, similarity mode (empty = the preset's mine.tau).")
     data_limit: int = Field(6000, ge=0, le=10_000_000, description="Train on the first N images (0 = whole split).")
     train_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimizer steps per training run "
                                     "(empty = the preset's train.steps).")
-    batch_images: int = Field(64, ge=1, le=1_000_000, description="Images per optimizer step (a multiple of group_size).")
+    batch_images: int | None = Field(None, ge=1, le=1_000_000, description="Images per optimizer step, a multiple "
+                                     "of group_size (empty = the preset's train.global_batch_images).")
     probe_every: int = Field(0, ge=0, le=10_000_000, description="Steps between group-benefit probes of GroupDiff runs (0 = off).")
     world_size: int = Field(1, ge=1, le=1024, description="Training ranks (1 = one process; more = torchrun on this machine).")
     seed: int = Field(0, ge=0, description="Seed of training, mining and sampling.")
@@ -117,6 +125,7 @@ class PipelineParams(EvalProtocolParams):
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineParams":
+        self._fill_from_preset()
         groups = 10 * self.group_size
         if self.num_samples % groups:
             raise ValueError(f"num_samples={self.num_samples} must be a multiple of 10 classes x group_size "
@@ -126,6 +135,23 @@ class PipelineParams(EvalProtocolParams):
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants {self.variants} holds a duplicate")
         return self
+
+    def _fill_from_preset(self) -> None:
+        """Empty fields take the preset's value (``PRESET_FIELDS``), so each of these numbers has one source:
+        the preset, unless the run sets it."""
+        empty = [name for name in PRESET_FIELDS if getattr(self, name) is None]
+        if not empty:
+            return
+        try:
+            preset = load_preset(self.preset, list(self.overrides))
+        except ValueError as exc:
+            raise ValueError(f"pipeline parameters do not form a valid config: {exc}") from exc
+        for name in empty:
+            section, field = PRESET_FIELDS[name].split(".")
+            object.__setattr__(self, name, getattr(getattr(preset, section), field))
+        if not 2 <= self.group_size <= 16:
+            raise ValueError(f"group_size: the preset's train.group_size={self.group_size} is outside [2, 16]; "
+                             "set group_size")
 
     def config(self, variant: Variant = "baseline") -> GroupDiffConfig:
         """The full GroupDiffConfig of one variant (preset + these settings + ``overrides``)."""

@@ -136,14 +136,33 @@ def test_deployment_parameters_render_as_a_form():
 
     schema = pipeline.parameters.model_dump()["definitions"]["PipelineParams"]["properties"]
     assert all(field.get("description") for field in schema.values())
-    assert schema["encoder"]["enum"] == ["pixels", "classifier", "clip", "dinov2"]
-    assert schema["grouping_mode"]["enum"] == ["similarity", "class", "random"]
-    # optional (empty = the preset's): an enum or null, which the form renders as a choice that may stay empty
-    choices = [option.get("enum") for option in schema["sampler"]["anyOf"]]
-    assert ["ode-euler", "ode-heun", "sde-euler"] in choices and {"type": "null"} in schema["sampler"]["anyOf"]
+    def given(name: str) -> dict:  # optional (empty = the preset's): a typed value or null, which may stay empty
+        assert {"type": "null"} in schema[name]["anyOf"]
+        return next(option for option in schema[name]["anyOf"] if option != {"type": "null"})
+
+    assert given("encoder")["enum"] == ["pixels", "classifier", "clip", "dinov2"]
+    assert given("grouping_mode")["enum"] == ["similarity", "class", "random"]
+    assert given("sampler")["enum"] == ["ode-euler", "ode-heun", "sde-euler"]
     assert schema["variants"]["items"]["enum"] == ["baseline", "groupdiff-l", "groupdiff-f"]
-    assert (schema["group_size"]["minimum"], schema["group_size"]["maximum"]) == (2, 16)
-    assert (schema["threshold"]["minimum"], schema["threshold"]["maximum"]) == (-1.0, 1.0)
+    assert (given("group_size")["minimum"], given("group_size")["maximum"]) == (2, 16)
+    assert (given("threshold")["minimum"], given("threshold")["maximum"]) == (-1.0, 1.0)
+
+
+def test_empty_pipeline_fields_take_the_preset_values_so_each_number_has_one_source():
+    from flows.params import PRESET_FIELDS
+
+    tiny = PipelineParams()
+    assert (tiny.group_size, tiny.batch_images, tiny.threshold, tiny.encoder, tiny.grouping_mode) == (
+        4, 64, 0.3, "pixels", "similarity")  # tiny-fmnist.yaml's train/mine/embed values
+    moved = PipelineParams(overrides=["train.global_batch_images=96", "train.group_size=8", "mine.tau=0.5",
+                                      "mine.mode=class", "embed.encoder=classifier"])
+    assert (moved.batch_images, moved.group_size, moved.threshold, moved.grouping_mode, moved.encoder) == (
+        96, 8, 0.5, "class", "classifier")
+    assert PipelineParams(preset="sit-s2").batch_images == 256  # the preset's, no longer a pipeline copy of 64
+    assert PipelineParams(batch_images=32).config("groupdiff-l").train.global_batch_images == 32  # a set field wins
+    assert set(PRESET_FIELDS) <= set(PipelineParams.model_fields)
+    with pytest.raises(ValueError, match="train.group_size=1 is outside"):
+        PipelineParams(overrides=["train.group_size=1"])
 
 
 def test_protocol_params_leave_room_for_the_floor_and_default_to_the_preset_classifier():
