@@ -20,6 +20,7 @@ import torch
 from .config import VaeConfig
 from .digest import digest_json, file_digest
 from ..atomic import write_json_atomic
+from ..safeload import CheckpointError, load_tensor_file, safetensors_problem
 from .shards import ShardStageResult, load_shards, missing_shards, run_shards, save_atomic
 
 MANIFEST = "latents.json"
@@ -49,19 +50,28 @@ def build_vae(config: VaeConfig, device: str | torch.device = "cpu"):
     if not path.exists():
         raise FileNotFoundError(f"VAE: weights {path} do not exist. {WEIGHTS_HINT}")
     if path.is_dir():
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
         files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+        for file in files:  # diffusers reads weights-only too; checking first gives one clear error per file
+            problem = safetensors_problem(file) if file.suffix == ".safetensors" else None
+            if problem:
+                raise CheckpointError(f"VAE weights {str(file)!r} are corrupt ({problem}); expected {WEIGHTS_HINT}")
+            if file.suffix == ".bin":
+                load_tensor_file(file, f"AutoencoderKL weights (a state dict of tensors). {WEIGHTS_HINT}")
+        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
         digest = digest_json([[p.name, file_digest(p)] for p in files])
     else:
         arch = json.loads(Path(config.config_json).read_text()) if config.config_json else SD_VAE_CONFIG
         vae = AutoencoderKL.from_config(arch)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+        expected = f"an AutoencoderKL state dict (.safetensors, or .bin/.pt of tensors). {WEIGHTS_HINT}"
+        state = load_tensor_file(path, expected)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise CheckpointError(f"VAE weights {str(path)!r} hold a {type(state).__name__}; expected {expected}")
+        own = vae.state_dict()
+        shapes = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if shapes:
+            raise CheckpointError(f"VAE weights {str(path)!r}: wrong shape for {shapes[:3]} (set data.vae.config_json "
+                                  f"for another architecture); expected {expected}")
         missing, unexpected = vae.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"VAE weights {path} do not match the AutoencoderKL config: missing {missing[:5]}, "

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
 from ..data.digest import digest_arrays
+from ..safeload import CheckpointError, load_tensor_file
 from .base import require_weights
 from .config import ClassifierConfig
 
@@ -90,15 +91,27 @@ def save_classifier(model: SmallCNN, path: Path, extra: dict | None = None) -> N
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[SmallCNN, dict]:
     """The classifier saved at ``path`` (eval mode) and its metadata."""
     p = require_weights(str(path), "classifier encoder", WEIGHTS_HINT)
+    expected = f"a groupdiff classifier (.safetensors with 'arch' metadata). {WEIGHTS_HINT}"
+    if p.suffix != ".safetensors":
+        raise CheckpointError(f"classifier weights {str(p)!r} are not a .safetensors file; expected {expected}")
+    state = load_tensor_file(p, expected)  # validated first: a corrupt file is one clear error
     from safetensors import safe_open
 
     with safe_open(str(p), framework="pt") as f:
         meta = f.metadata() or {}
     if "arch" not in meta:
-        raise ValueError(f"{p} is not a groupdiff classifier file (no 'arch' metadata). {WEIGHTS_HINT}")
+        raise CheckpointError(f"classifier weights {str(p)!r} have no 'arch' metadata; expected {expected}")
     model = SmallCNN(**json.loads(meta["arch"]))
-    model.load_state_dict(load_file(str(p)))
+    result = model.load_state_dict(state, strict=False) if _shapes_match(model, state) else None
+    if result is None or result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"classifier weights {str(p)!r} do not match the architecture in their metadata "
+                              f"({meta['arch']}); expected {expected}")
     return model.to(device).eval(), json.loads(meta.get("extra", "{}"))
+
+
+def _shapes_match(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return all(tuple(v.shape) == tuple(own[k].shape) for k, v in state.items() if k in own)
 
 
 class ClassifierEncoder:

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from ..data.digest import digest_json, file_digest
+from ..safeload import check_weights_file
 from .base import require_weights, resize_normalise, to_rgb01
 
 WEIGHTS_HINT = (
@@ -41,7 +42,8 @@ class ClipEncoder:
         if arch not in open_clip.list_models():
             raise ValueError(f"unknown open_clip architecture {arch!r}; e.g. {open_clip.list_models()[:8]} "
                              f"(or give embed.clip_config=<model-config JSON named {arch}.json>)")
-        model = open_clip.create_model(arch, pretrained=str(path), device=device)
+        check_weights_file(path, f"open_clip weights of {arch} (a state dict). {WEIGHTS_HINT}")
+        model = open_clip.create_model(arch, pretrained=str(path), device=device, weights_only=True)
         model.eval()
         return cls(model, digest_json({"arch": arch, "weights": file_digest(path)}), device)
 

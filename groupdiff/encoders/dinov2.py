@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..data.digest import digest_json, file_digest
+from ..safeload import check_weights_file
 from .base import require_weights, resize_normalise, to_rgb01
 
 WEIGHTS_HINT = (
@@ -38,6 +39,7 @@ class Dinov2Encoder:
         path = require_weights(weights, f"dinov2 encoder ({arch})", WEIGHTS_HINT)
         if arch not in timm.list_models():
             raise ValueError(f"unknown timm architecture {arch!r}; e.g. {timm.list_models('*dinov2*')}")
+        check_weights_file(path, f"timm weights of {arch} (a state dict). {WEIGHTS_HINT}")
         model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
                                   num_classes=0, **(model_args or {}))
         model.to(device).eval()

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..safeload import CheckpointError, load_tensor_file
+
 # Parameters GroupDiff adds on top of SiT; a plain SiT checkpoint never has them.
 GROUPDIFF_NEW_KEYS = ("s_embedder.embedding_table.weight",)
 
@@ -30,20 +32,25 @@ class LoadReport:
         return f"loaded {len(self.loaded)} tensors from '{self.source_entry}'; newly initialised: {new}"
 
 
+STATE_DICT_EXPECTED = ("a SiT state dict: a .safetensors file, or a .pt/.pth/.ckpt/.bin of tensors (plain or "
+                       "{model, ema, opt, args}) saved with torch.save")
+
+
 def read_state_dict(path: str | Path, prefer: str = "ema") -> tuple[dict[str, torch.Tensor], str]:
-    """Read tensors from a ``.pt``/``.pth``/``.ckpt`` (weights only) or ``.safetensors`` file.
+    """Read tensors from a ``.safetensors`` file or a ``.pt``/``.pth``/``.ckpt`` file (weights only).
 
     Returns the state dict and the container entry it came from (``ema``, ``model`` or ``state_dict``).
+    A missing file raises ``FileNotFoundError``; a corrupt one, or a pickle carrying anything but tensors
+    and plain containers (never executed), ``CheckpointError`` naming the file and what was expected.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    obj = load_tensor_file(path, STATE_DICT_EXPECTED)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), "state_dict"
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    return unwrap_state_dict(obj, prefer=prefer)
+        return obj, "state_dict"
+    try:
+        return unwrap_state_dict(obj, prefer=prefer)
+    except ValueError as exc:
+        raise CheckpointError(f"weights file {str(path)!r}: {exc}; expected {STATE_DICT_EXPECTED}") from None
 
 
 def unwrap_state_dict(obj: dict, prefer: str = "ema") -> tuple[dict[str, torch.Tensor], str]:

@@ -37,6 +37,7 @@ from ..atomic import atomic_path, write_json_atomic
 from ..config import GroupDiffConfig, apply_overrides, load_preset
 from ..config_base import Section
 from ..metrics.npz import SampleBatch, read_samples_npz, to_uint8_nhwc, write_samples_npz
+from ..safeload import CheckpointError
 from ..train.checkpoint import LATEST, CheckpointDir, find_latest
 from ..weights import DEFAULT_WEIGHTS, WEIGHTS_DESCRIPTION, Weights
 from .attention_score import CrossAttentionRecorder
@@ -133,12 +134,16 @@ def load_model_and_config(
         model = build_model(config.model)
         state, _ = read_state_dict(folder / file)
         state = {k.removeprefix("module."): v for k, v in state.items()}
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise KeyError(
-                f"{folder / file} does not match model {config.model.name}: missing "
-                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
+        own = model.state_dict()
+        missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+        shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if missing or unexpected or shapes:
+            raise CheckpointError(
+                f"weights file {str(folder / file)!r} does not match model {config.model.name} of its "
+                f"{CheckpointDir.CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes "
+                f"{shapes[:3]}; expected {CheckpointDir.EXPECTED[file]} of that model")
+        model.load_state_dict(state, strict=True)
         setattr(model, LOADED_WEIGHTS_ATTR, weights)
     else:
         config = load_preset(preset, overrides or [])

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..atomic import replace_dir, write_text_atomic
+from ..safeload import CheckpointError, load_tensor_file, safetensors_problem
 
 if TYPE_CHECKING:
     from ..config import GroupDiffConfig
@@ -33,10 +33,6 @@ LATEST = "latest"
 TAG = "state"
 # Train fields a resumed run must share with its checkpoint: the epoch plans and draws depend on them.
 RESUME_FIXED_FIELDS = ("variant", "group_size", "group_ratio", "global_batch_images", "seed")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is there but unreadable (the message names the file and what it should hold)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ class CheckpointDir:
                 why = f"; {needed_for}" if needed_for else ""
                 raise FileNotFoundError(f"checkpoint dir {str(self.path)!r} has no {name} ({what}){why}; expected a "
                                         "folder written by groupdiff train (checkpoints/step_XXXXXXXX)")
-            problem = _safetensors_problem(file) if name.endswith(".safetensors") else _json_problem(file)
+            problem = safetensors_problem(file) if name.endswith(".safetensors") else _json_problem(file)
             if problem:
                 raise CheckpointError(f"checkpoint file {str(file)!r} is corrupt ({problem}); expected {what}")
         return self
@@ -158,28 +154,6 @@ def _json_problem(path: Path) -> str | None:
         json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         return f"not valid JSON: {exc}"
-    return None
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a complete safetensors file (header length, JSON header, data size), or None."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            return f"{size} bytes, shorter than the 8-byte header length"
-        (length,) = struct.unpack("<Q", raw)
-        if 8 + length > size:
-            return f"header of {length} bytes does not fit in {size} bytes"
-        try:
-            header = json.loads(f.read(length))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return f"unreadable header: {exc}"
-    if not isinstance(header, dict):
-        return "header is not a JSON object"
-    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + length + end > size:
-        return f"truncated: tensors end at byte {8 + length + end} of {size}"
     return None
 
 
@@ -308,7 +282,7 @@ def load_rng(path: Path, rank: int) -> None:
     file = CheckpointDir(path).rng_file(rank)
     if not file.exists():
         return
-    rng = torch.load(file, map_location="cpu", weights_only=True)
+    rng = load_tensor_file(file, "this rank's torch RNG states {'cpu': ByteTensor, 'cuda': ...}")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..safeload import CheckpointError, load_tensor_file
 from ..tracking import NullTracker, Tracker
 from ..transport.losses import training_losses
 from .checkpoint import TAG, CheckpointDir, check_resumable, find_latest, load_rng, resolve_resume, save_checkpoint
@@ -69,19 +70,21 @@ def validate(config: GroupDiffConfig, world_size: int) -> None:
 
 def _initial_weights(model, config: GroupDiffConfig, resume: Path | None, same_world: bool) -> dict[str, Any]:
     """Pretrained init (fresh runs) or consolidated weights (resume on another world size); returns a report."""
-    from safetensors.torch import load_file
-
     from ..models import load_official_state_dict, read_state_dict
 
     if resume is not None:
         if same_world:
             return {"source": str(resume), "mode": "resume"}
         raw_file = CheckpointDir(resume).raw_file
-        model.load_state_dict(load_file(str(raw_file)), strict=True)
+        model.load_state_dict(load_tensor_file(raw_file, CheckpointDir.EXPECTED[CheckpointDir.RAW]), strict=True)
         return {"source": str(raw_file), "mode": "resume-consolidated"}
     if config.train.pretrained_path:
         state, entry = read_state_dict(config.train.pretrained_path)
-        report = load_official_state_dict(model, state, source_entry=entry)
+        try:
+            report = load_official_state_dict(model, state, source_entry=entry)
+        except (KeyError, ValueError) as exc:  # a key or shape of another model, named in the message
+            raise CheckpointError(f"train.init_from={config.train.init_from!r}: {exc.args[0]}; expected a "
+                                  f"checkpoint of model {config.model.name} (the run's model section)") from None
         return {"source": config.train.pretrained_path, "mode": "pretrained", "summary": report.summary(),
                 "loaded": len(report.loaded), "newly_initialised": report.newly_initialised}
     return {"source": "scratch", "mode": "scratch"}
@@ -197,8 +200,6 @@ def _restore(engine, ema: EMA, resume: _Resume, rank: int, world: int, init_repo
     """Load the optimizer/RNG/EMA state of the checkpoint being resumed; returns the loop's starting state."""
     if resume.path is None:
         return {"step": 0, "epoch": 0, "index": 0, "counters": {}}
-    from safetensors.torch import load_file
-
     if resume.same_world or resume.universal:
         folder = CheckpointDir(resume.path).ds_dir if resume.same_world else universal_dir(resume.path)
         loaded, _ = engine.load_checkpoint(str(folder), tag=TAG, load_optimizer_states=True,
@@ -214,7 +215,7 @@ def _restore(engine, ema: EMA, resume: _Resume, rank: int, world: int, init_repo
             "the optimizer state (AdamW moments) and per-rank RNG states do NOT and restart fresh "
             "(training draws are keyed by step, so data order and noise are unaffected)"
         )
-    ema.load_state_dict(load_file(str(CheckpointDir(resume.path).ema_file)))
+    ema.load_state_dict(load_tensor_file(CheckpointDir(resume.path).ema_file, CheckpointDir.EXPECTED[CheckpointDir.EMA]))
     return {k: resume.saved[k] for k in ("step", "epoch", "index", "counters")}
 
 
