@@ -58,6 +58,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from pydantic import Field, model_validator
 
@@ -270,53 +271,70 @@ def _plot_setup():
 def plots(result: dict, out: Path) -> list[str]:
     """fd vs N, fd per grouping, S_cross vs fd and the probe over steps (PNG files under ``out``)."""
     plt = _plot_setup()
-    arms, floor, settings = result["arms"], result["floor"], result["settings"]
-    written = []
-
-    def save(fig, name: str) -> None:
+    figures = {"fd_vs_n.png": fd_vs_n_figure, "fd_by_grouping.png": fd_by_grouping_figure,
+               "s_cross_vs_fd.png": s_cross_vs_fd_figure, "probe.png": probe_figure}
+    for name, draw in figures.items():
+        fig = draw(plt, result)
         fig.tight_layout()
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
-        written.append(name)
+    return list(figures)
 
-    def refs(ax) -> None:
-        base = arms["baseline"][FD]
-        ax.axhline(base["mean"], color="k", label=f"baseline (+{settings['s_prime']} steps)")
-        if base["std"]:
-            ax.axhspan(base["mean"] - base["std"], base["mean"] + base["std"], color="k", alpha=0.1)
-        if result.get("pretrained", {}).get(FD) is not None:
-            ax.axhline(result["pretrained"][FD], color="gray", ls=":", label=f"resumed from ({settings['s']} steps)")
-        if floor.get(FD) is not None:
-            ax.axhline(floor[FD], color="g", ls="--", label="real-data floor")
 
+def _smoke_tag(result: dict) -> str:
+    return " [smoke]" if result["settings"]["smoke"] else ""
+
+
+def _refs(ax, result: dict) -> None:
+    """The reference lines of an fd axis: the continued baseline (with its seed band), the checkpoint every arm
+    resumed from and the real-data floor."""
+    settings, floor = result["settings"], result["floor"]
+    base = result["arms"]["baseline"][FD]
+    ax.axhline(base["mean"], color="k", label=f"baseline (+{settings['s_prime']} steps)")
+    if base["std"]:
+        ax.axhspan(base["mean"] - base["std"], base["mean"] + base["std"], color="k", alpha=0.1)
+    if result.get("pretrained", {}).get(FD) is not None:
+        ax.axhline(result["pretrained"][FD], color="gray", ls=":", label=f"resumed from ({settings['s']} steps)")
+    if floor.get(FD) is not None:
+        ax.axhline(floor[FD], color="g", ls="--", label="real-data floor")
+
+
+def fd_vs_n_figure(plt, result: dict):
+    """fd of the similarity arms over N (seed mean +- std and every seed), with the references."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    sizes = sorted(settings["group_sizes"])
-    sim = [arms[f"groupdiff-l N={n} similarity"][FD] for n in sizes]
+    sizes = sorted(result["settings"]["group_sizes"])
+    sim = [result["arms"][f"groupdiff-l N={n} similarity"][FD] for n in sizes]
     ax.errorbar(sizes, [s["mean"] for s in sim], yerr=[s["std"] for s in sim], marker="o", capsize=4,
                 label="GroupDiff-l, similarity groups")
     for n, s in zip(sizes, sim):
         ax.scatter([n] * len(s["values"]), s["values"], color="C0", s=10, alpha=0.5)
-    refs(ax)
+    _refs(ax, result)
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.set_xlabel("group size N")
     ax.set_ylabel(f"{FD} (lower is better)")
-    ax.set_title("fd vs N" + (" [smoke]" if settings["smoke"] else ""))
+    ax.set_title("fd vs N" + _smoke_tag(result))
     ax.legend(fontsize=7)
-    save(fig, "fd_vs_n.png")
+    return fig
 
+
+def fd_by_grouping_figure(plt, result: dict):
+    """fd at N = GROUPING_N per grouping mode (bars of the seed mean, dots per seed), with the references."""
     fig, ax = plt.subplots(figsize=(6, 4))
     modes = ("similarity", "class", "random")
-    g = [arms[f"groupdiff-l N={GROUPING_N} {m}"][FD] for m in modes]
+    g = [result["arms"][f"groupdiff-l N={GROUPING_N} {m}"][FD] for m in modes]
     ax.bar(modes, [s["mean"] for s in g], yerr=[s["std"] for s in g], capsize=4, color="C1", alpha=0.7)
     for i, s in enumerate(g):
         ax.scatter([i] * len(s["values"]), s["values"], color="k", s=10)
-    refs(ax)
+    _refs(ax, result)
     ax.set_ylabel(f"{FD} (lower is better)")
-    ax.set_title(f"GroupDiff-l N={GROUPING_N} by grouping" + (" [smoke]" if settings["smoke"] else ""))
+    ax.set_title(f"GroupDiff-l N={GROUPING_N} by grouping" + _smoke_tag(result))
     ax.legend(fontsize=7)
-    save(fig, "fd_by_grouping.png")
+    return fig
 
+
+def s_cross_vs_fd_figure(plt, result: dict):
+    """One point per GroupDiff-l run with N >= S_CROSS_MIN_N: its S_cross against its fd, titled with r."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in (r for r in result["runs"] if r["arm"] != "baseline"):
         m = run["metrics"]
@@ -328,9 +346,12 @@ def plots(result: dict, out: Path) -> list[str]:
     r = result["claims"]["s_cross_correlates_with_fd"]["numbers"]["r"]
     ax.set_xlabel("S_cross (mean cross-sample attention of the samples)")
     ax.set_ylabel(FD)
-    ax.set_title(f"S_cross vs fd: r = {r:.2f}" + (" [smoke]" if settings["smoke"] else ""))
-    save(fig, "s_cross_vs_fd.png")
+    ax.set_title(f"S_cross vs fd: r = {r:.2f}" + _smoke_tag(result))
+    return fig
 
+
+def probe_figure(plt, result: dict):
+    """The group-benefit probe over the continued run's steps, one line per run (gain, shuffled/group)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for run in result["runs"]:
         for ax, key in zip(axes, PROBE_KEYS[:2]):
@@ -339,14 +360,13 @@ def plots(result: dict, out: Path) -> list[str]:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".",
                         color=f"C{arm_names_index(result, run['arm'])}", label=f"{run['arm']} s{run['seed']}")
     for ax, key in zip(axes, PROBE_KEYS[:2]):
-        ax.set_xlabel(f"step of the continued run (of {settings['s_prime']})")
+        ax.set_xlabel(f"step of the continued run (of {result['settings']['s_prime']})")
         ax.set_ylabel(key)
     axes[0].axhline(0.0, color="k", lw=0.5)
     axes[1].axhline(1.0, color="k", lw=0.5)
     axes[0].legend(fontsize=6)
-    fig.suptitle("group-benefit probe" + (" [smoke]" if settings["smoke"] else ""))
-    save(fig, "probe.png")
-    return written
+    fig.suptitle("group-benefit probe" + _smoke_tag(result))
+    return fig
 
 
 def arm_names_index(result: dict, arm: str) -> int:
@@ -381,9 +401,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the claims study and print the results (last line: one JSON object)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke setting (minutes; verdicts are not evidence)")
     parser.add_argument("--s", type=int, help="baseline steps every arm resumes from (default: the preset's train.steps)")
@@ -398,125 +417,223 @@ def main(argv: list[str] | None = None) -> int:
                         help="pipeline.FIELD=VALUE (PipelineParams, e.g. pipeline.data_limit=0) or a preset "
                              "override SECTION.FIELD=VALUE (e.g. train.group_ratio=0.5), applied to every arm")
     parser.add_argument("--dry-run", action="store_true", help="print the settings and the planned wall time, run nothing")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
+    return parser
 
-    from flows.embedded import embedded_records, split_overrides
-    from flows.params import PipelineParams, StudyParams
+
+def resolve_settings(args: argparse.Namespace, preset_steps: int) -> ClaimsSettings:
+    """The study's settings: the options given, the rest from the full or smoke defaults."""
+    given = {"s": args.s, "s_prime": args.s_prime, "seeds": args.seeds, "group_sizes": args.group_sizes,
+             "num_samples": args.num_samples, "probe_every": args.probe_every}
+    defaults = default_settings(args.quick, preset_steps)
+    if args.s_prime is not None and args.probe_every is None and not args.quick:
+        defaults["probe_every"] = max(1, args.s_prime // 24)
+    return ClaimsSettings(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
+def pipeline_params(settings: ClaimsSettings, pipeline_settings: dict, preset_overrides: list[str], **update):
+    """The PipelineParams of one pipeline run of the study (every arm shares all but ``update``)."""
+    from flows.params import PipelineParams
+
+    return PipelineParams(**{"preset": PRESET, "overrides": preset_overrides, "register_models": False,
+                             "num_samples": settings.num_samples,
+                             "classifier_train_limit": settings.classifier_train_limit,
+                             "classifier_epochs": settings.classifier_epochs, **pipeline_settings, **update})
+
+
+class Setup(NamedTuple):
+    """One claims study resolved from its command line: settings, folders, the stage-1 run and the plan."""
+
+    settings: ClaimsSettings
+    pipeline_settings: dict
+    preset_overrides: list[str]
+    overrides: list[str]  # the --set items as given (recorded in claims.json)
+    work: Path  # the records (store, MLflow, Prefect home, work folders)
+    out: Path  # the results folder
+    command: str  # the exact command, recorded
+    stage1: Any  # PipelineParams of the stage-1 baseline every arm resumes from
+    base_config: Any  # its GroupDiffConfig: the evaluation protocol (sampler, steps, cfg) every arm shares
+    plan: dict[str, float]  # planned wall time per part
+
+    def params(self, **update):
+        return pipeline_params(self.settings, self.pipeline_settings, self.preset_overrides, **update)
+
+
+def resolve_setup(args: argparse.Namespace, argv: list[str]) -> Setup:
+    """Settings, folders, the stage-1 params and the planned wall time from the parsed command line."""
+    from flows.embedded import split_overrides
     from groupdiff.config import load_preset
 
     pipeline_settings, preset_overrides = split_overrides(args.set)
     preset = load_preset(PRESET, preset_overrides)
-    given = {"s": args.s, "s_prime": args.s_prime, "seeds": args.seeds, "group_sizes": args.group_sizes,
-             "num_samples": args.num_samples, "probe_every": args.probe_every}
-    defaults = default_settings(args.quick, preset.train.steps)
-    if args.s_prime is not None and args.probe_every is None and not args.quick:
-        defaults["probe_every"] = max(1, args.s_prime // 24)
-    settings = ClaimsSettings(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+    settings = resolve_settings(args, preset.train.steps)
     work = Path(args.work or (QUICK_WORK if args.quick else FULL_WORK)).resolve()
     out = Path(args.out or (f"{QUICK_WORK}/results" if args.quick else FULL_OUT)).resolve()
     command = shlex.join([".venv/bin/python", "bench/claims.py", *argv])
-
-    def params(**update) -> PipelineParams:
-        return PipelineParams(**{"preset": PRESET, "overrides": preset_overrides, "register_models": False,
-                                 "num_samples": settings.num_samples,
-                                 "classifier_train_limit": settings.classifier_train_limit,
-                                 "classifier_epochs": settings.classifier_epochs, **pipeline_settings, **update})
-
-    stage1 = params(variants=["baseline"], train_steps=settings.s, seed=settings.seeds[0], probe_every=0)
+    stage1 = pipeline_params(settings, pipeline_settings, preset_overrides, variants=["baseline"],
+                             train_steps=settings.s, seed=settings.seeds[0], probe_every=0)
     base_config = stage1.config("baseline")
-    cfg_scale = base_config.guidance.cfg_scale  # the preset's evaluation protocol, shared by every arm
     clf = base_config.embed.classifier
     plan = planned_seconds(settings, stage1.batch_images, base_config.train.probe_groups,
                            clf.train_limit or FMNIST_TRAIN_IMAGES, clf.epochs)
-    names = arm_names(settings)
+    return Setup(settings, pipeline_settings, preset_overrides, args.set, work, out, command, stage1, base_config,
+                 plan)
+
+
+def announce(setup: Setup) -> None:
+    """Print the settings, the arms and the planned wall time before anything runs."""
+    settings, plan = setup.settings, setup.plan
     print(f"[claims] {'SMOKE setting (--quick): verdicts are not evidence; ' if settings.smoke else ''}"
-          f"S={settings.s}, S'={settings.s_prime}, seeds {settings.seeds}, arms {names}, "
-          f"{settings.num_samples} samples each, cfg {cfg_scale}", flush=True)
+          f"S={settings.s}, S'={settings.s_prime}, seeds {settings.seeds}, arms {arm_names(settings)}, "
+          f"{settings.num_samples} samples each, cfg {setup.base_config.guidance.cfg_scale}", flush=True)
     print(f"[claims] planned wall time {plan['total_s'] / 60:.0f} min ({plan['total_s'] / 3600:.2f} h) on this "
           f"machine's measured costs: " + ", ".join(f"{k[:-2]} {v / 60:.0f} min" for k, v in plan.items()
                                                     if k != "total_s"), flush=True)
 
-    if args.dry_run:
-        print(json.dumps(finite({"dry_run": True, "settings": settings.model_dump(), "planned_s": round(plan["total_s"], 1),
-                                 "planned": plan, "arms": names})))
-        return 0
-    records = embedded_records(work, training_slots=1)
+
+def pretrain(setup: Setup, records) -> dict:
+    """Stage 1: the pipeline trains (and scores) the baseline for S steps; its result."""
     from flows.pipeline import pipeline
+
+    print(f"[claims] stage 1: baseline for S={setup.settings.s} steps (records in {setup.work})", flush=True)
+    return pipeline.with_options(flow_run_name=f"claims-pretrain-{setup.settings.s}")(params=setup.stage1,
+                                                                                      records=records)
+
+
+def copy_grid(row: dict, out: Path, name: str) -> str | None:
+    """Copy the class grid a run wrote to ``out/grids/<name>``; its path under ``out`` (None without a grid)."""
+    if not (row.get("class_grid") and Path(row["class_grid"]).is_file()):
+        return None
+    (out / "grids" / name).write_bytes(Path(row["class_grid"]).read_bytes())
+    return f"grids/{name}"
+
+
+def continue_arms(setup: Setup, init: str, records, floor: dict) -> tuple[list[dict], dict]:
+    """Stage 2: per seed, two study calls continue the stage-1 weights as every arm; the runs (one per arm and
+    seed, grids copied under ``out/grids``) and the real-data floor (``floor`` or the first row's)."""
+    from flows.params import StudyParams
     from flows.study import study
 
-    print(f"[claims] stage 1: baseline for S={settings.s} steps (records in {work})", flush=True)
-    first = pipeline.with_options(flow_run_name=f"claims-pretrain-{settings.s}")(params=stage1, records=records)
-    row0 = first["rows"][0]
-    init = f"pretrained:{CheckpointDir(store_path(row0['checkpoint'])).ema_file}"
-    pretrained = {k: v for k, v in row0["metrics"].items() if k in METRICS}
-    floor = row0.get("floor") or {}
-
-    runs, grids = [], {}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grids").mkdir(exist_ok=True)
-    if row0.get("class_grid") and Path(row0["class_grid"]).is_file():
-        (out / "grids" / "resumed-from.png").write_bytes(Path(row0["class_grid"]).read_bytes())
+    settings, runs = setup.settings, []
+    cfg_scale = setup.base_config.guidance.cfg_scale  # the preset's evaluation protocol, shared by every arm
     for seed in settings.seeds:
-        base = params(init_from=init, train_steps=settings.s_prime, seed=seed, probe_every=settings.probe_every,
-                      group_size=GROUPING_N)
+        base = setup.params(init_from=init, train_steps=settings.s_prime, seed=seed,
+                            probe_every=settings.probe_every, group_size=GROUPING_N)
         for sizes, modes in ((settings.group_sizes, ["similarity"]), ([GROUPING_N], ["similarity", "class", "random"])):
             print(f"[claims] seed {seed}: study over N={sizes} x {modes} (+ baseline), {settings.s_prime} steps each",
                   flush=True)
             sp = StudyParams(base=base, group_sizes=sizes, grouping_modes=modes, variants=["groupdiff-l"],
                              cfg_scales=[cfg_scale])
             result = study.with_options(flow_run_name=f"claims-seed{seed}-{'-'.join(modes)}")(params=sp, records=records)
-            for row in result["rows"]:
-                if any(r["arm"] == row["arm"] and r["seed"] == seed for r in runs):
-                    continue  # the baseline arm of the second call: a cache hit of the first
-                metrics = {k: v for k, v in row["metrics"].items() if k in METRICS}
-                run = {"arm": row["arm"], "seed": seed, "metrics": metrics,
-                       "group_size": 1 if row["arm"] == "baseline" else row["group_size"],
-                       "probe": probe_history(records, row.get("train_run_id")) if row["arm"] != "baseline" else {},
-                       "train_run_id": row.get("train_run_id"), "score_json": row.get("score_json")}
-                if row.get("class_grid") and Path(row["class_grid"]).is_file():
-                    name = f"{slug(row['arm'])}-seed{seed}.png"
-                    (out / "grids" / name).write_bytes(Path(row["class_grid"]).read_bytes())
-                    run["grid"] = f"grids/{name}"
-                runs.append(run)
-                print(f"[claims]   {row['arm']} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
-                      flush=True)
-                floor = floor or row.get("floor") or {}
+            floor = add_runs(result["rows"], seed, runs, records, setup.out, floor)
+    return runs, floor
 
+
+def add_runs(rows: list[dict], seed: int, runs: list[dict], records, out: Path, floor: dict) -> dict:
+    """Append one run per new arm among a study call's ``rows`` to ``runs`` (printing its metrics); the floor."""
+    for row in rows:
+        if any(r["arm"] == row["arm"] and r["seed"] == seed for r in runs):
+            continue  # the baseline arm of the second call: a cache hit of the first
+        metrics = {k: v for k, v in row["metrics"].items() if k in METRICS}
+        run = {"arm": row["arm"], "seed": seed, "metrics": metrics,
+               "group_size": 1 if row["arm"] == "baseline" else row["group_size"],
+               "probe": probe_history(records, row.get("train_run_id")) if row["arm"] != "baseline" else {},
+               "train_run_id": row.get("train_run_id"), "score_json": row.get("score_json")}
+        grid = copy_grid(row, out, f"{slug(row['arm'])}-seed{seed}.png")
+        if grid:
+            run["grid"] = grid
+        runs.append(run)
+        print(f"[claims]   {row['arm']} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
+              flush=True)
+        floor = floor or row.get("floor") or {}
+    return floor
+
+
+def aggregate_arms(runs: list[dict], names: list[str]) -> dict[str, dict]:
+    """Per arm: the seed spread of every metric and the mean of the probe's last gain_vs_single."""
     arms = {}
     for name in names:
         mine = [r for r in runs if r["arm"] == name]
         arms[name] = {k: spread([r["metrics"].get(k) for r in mine]) for k in METRICS}
         gains = [r["probe"]["probe/gain_vs_single"][-1][1] for r in mine if r["probe"].get("probe/gain_vs_single")]
         arms[name]["probe_last_gain_vs_single"] = statistics.fmean(gains) if gains else None
-    points = [(r["metrics"]["s_cross"], r["metrics"][FD]) for r in runs
-              if r["group_size"] >= S_CROSS_MIN_N and r["metrics"].get("s_cross") is not None]
-    claims = check_claims(arms, points, settings)
+    return arms
+
+
+def s_cross_points(runs: list[dict]) -> list[tuple[float, float]]:
+    """(S_cross, fd) of every run with N >= S_CROSS_MIN_N that recorded S_cross."""
+    return [(r["metrics"]["s_cross"], r["metrics"][FD]) for r in runs
+            if r["group_size"] >= S_CROSS_MIN_N and r["metrics"].get("s_cross") is not None]
+
+
+def git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
-        commit = ""
-    result = {"command": command, "commit": commit, "settings": settings.model_dump(), "preset": PRESET,
-              "overrides": args.set, "batch_images": stage1.batch_images, "protocol": first["protocol"],
-              "cfg_scale": cfg_scale, "sampler": base_config.sampler.method, "sampling_steps": base_config.sampler.num_steps,
-              "records": str(work), "pretrained": pretrained, "floor": {k: v for k, v in floor.items() if k in METRICS},
-              "arms": arms, "runs": runs, "claims": claims, "planned": plan,
-              "wall_s": time.perf_counter() - started}
+        return ""
+
+
+def study_result(setup: Setup, protocol: str, pretrained: dict, floor: dict, runs: list[dict], started: float) -> dict:
+    """Everything the study found (what claims.json holds, less the plots): the arms, runs and claims."""
+    arms = aggregate_arms(runs, arm_names(setup.settings))
+    claims = check_claims(arms, s_cross_points(runs), setup.settings)
+    base_config = setup.base_config
+    return {"command": setup.command, "commit": git_commit(), "settings": setup.settings.model_dump(),
+            "preset": PRESET, "overrides": setup.overrides, "batch_images": setup.stage1.batch_images,
+            "protocol": protocol, "cfg_scale": base_config.guidance.cfg_scale, "sampler": base_config.sampler.method,
+            "sampling_steps": base_config.sampler.num_steps, "records": str(setup.work), "pretrained": pretrained,
+            "floor": {k: v for k, v in floor.items() if k in METRICS}, "arms": arms, "runs": runs, "claims": claims,
+            "planned": setup.plan, "wall_s": time.perf_counter() - started}
+
+
+def write_results(result: dict, out: Path, started: float) -> None:
+    """The plots, then claims.json (with the final wall time) and claims.md under ``out``."""
     result["plots"] = plots(result, out)
     result["wall_s"] = time.perf_counter() - started
     (out / "claims.json").write_text(json.dumps(finite(result), indent=2))
     (out / "claims.md").write_text(markdown(result))
+
+
+def report(result: dict, out: Path) -> None:
+    """Print the table, each verdict, and as the LAST line one JSON object (the summary)."""
+    arms, claims, plan = result["arms"], result["claims"], result["planned"]
     print(markdown(result))
     for c in claims.values():
         print(f"[claims] {c['claim']}: {c['verdict'].upper()} -- {c['detail']}")
     print(f"[claims] results in {out}; wall time {result['wall_s'] / 60:.1f} min (planned {plan['total_s'] / 60:.1f} min)")
-    summary = {"smoke": settings.smoke, "planned_s": round(plan["total_s"], 1), "wall_s": round(result["wall_s"], 1),
-               "floor": result["floor"],
+    summary = {"smoke": result["settings"]["smoke"], "planned_s": round(plan["total_s"], 1),
+               "wall_s": round(result["wall_s"], 1), "floor": result["floor"],
                "arms": {n: {k: {"mean": a[k]["mean"], "std": a[k]["std"]} for k in METRICS if a[k]["values"]}
                         for n, a in arms.items()},
                "claims": {k: {"verdict": c["verdict"], "detail": c["detail"]} for k, c in claims.items()},
                "results": str(out)}
     print(json.dumps(finite(summary)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the claims study and print the results (last line: one JSON object)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    setup = resolve_setup(args, argv)
+    announce(setup)
+    if args.dry_run:
+        print(json.dumps(finite({"dry_run": True, "settings": setup.settings.model_dump(),
+                                 "planned_s": round(setup.plan["total_s"], 1), "planned": setup.plan,
+                                 "arms": arm_names(setup.settings)})))
+        return 0
+    from flows.embedded import embedded_records
+
+    records = embedded_records(setup.work, training_slots=1)
+    first = pretrain(setup, records)
+    row0 = first["rows"][0]
+    init = f"pretrained:{CheckpointDir(store_path(row0['checkpoint'])).ema_file}"
+    pretrained = {k: v for k, v in row0["metrics"].items() if k in METRICS}
+    (setup.out / "grids").mkdir(parents=True, exist_ok=True)
+    copy_grid(row0, setup.out, "resumed-from.png")
+    runs, floor = continue_arms(setup, init, records, row0.get("floor") or {})
+    result = study_result(setup, first["protocol"], pretrained, floor, runs, started)
+    write_results(result, setup.out, started)
+    report(result, setup.out)
     return 0
 
 
