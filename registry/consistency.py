@@ -8,7 +8,7 @@ the object store.
   sha256; with ``verify_data`` off, sizes and records only). A folder whose manifest predates the file
   list is reported as unverifiable (not an error).
 * Every MLflow model version: its model files must be there (``MLmodel`` and each file it names: the
-  pyfunc's pickled class, its artefacts, the environment files); the store URIs in its ``groupdiff.*``
+  pyfunc's code file (models-from-code), its artefacts, the environment files); the store URIs in its ``groupdiff.*``
   tags count as references too. A catalogue model version unknown to MLflow is missing as well.
 * Every object of the store that no row, no tag and no artefact folder accounts for is reported as
   unreferenced (a leftover; not an error).

@@ -1,9 +1,11 @@
 """The MLflow pyfunc flavour of a GroupDiff model: class labels + a group size in, images out.
 
-The saved model holds the weights (``weights.pt``, a plain state dict) and ``config.json`` (the
-``model``, ``sampler`` and ``guidance`` sections). ``predict`` takes a DataFrame with one ``label`` per
-group and generates ``group_size`` images per label with :func:`groupdiff.sample.generate.generate`;
-the output is a float32 array ``(groups * group_size, C, H, W)`` in the data range (about [-1, 1]).
+The saved model holds the weights (``weights.safetensors``) and ``config.json`` (the ``model``,
+``sampler`` and ``guidance`` sections). It is logged as models-from-code (``registry/pyfunc_code.py``),
+not as a cloudpickled object: loading it runs that file and reads tensors, never unpickles code.
+``predict`` takes a DataFrame with one ``label`` per group and generates ``group_size`` images per label
+with :func:`groupdiff.sample.generate.generate`; the output is a float32 array
+``(groups * group_size, C, H, W)`` in the data range (about [-1, 1]).
 Per-call params: ``group_size``, ``num_steps``, ``seed``, ``cfg_scale``, ``mode``.
 """
 from __future__ import annotations
@@ -21,9 +23,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from groupdiff.config import GuidanceConfig, ModelConfig, SamplerConfig
+from groupdiff.safeload import load_tensor_file
 
 WEIGHTS = "weights"
 CONFIG = "config"
+MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")  # calls mlflow.models.set_model(GroupDiffPyfunc())
 
 
 def signature(model_config: ModelConfig, sampler: SamplerConfig, guidance: GuidanceConfig) -> ModelSignature:
@@ -91,7 +95,8 @@ with warnings.catch_warnings():
             self.saved = json.loads(Path(context.artifacts[CONFIG]).read_text())
             self.model_config = ModelConfig.model_validate(self.saved["model"])
             self.model = build_model(self.model_config)
-            state = torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
+            # safetensors (models logged before it: weights.pt, read weights-only)
+            state = load_tensor_file(context.artifacts[WEIGHTS], f"the {self.model_config.name} weights of this model")
             self.model.load_state_dict(state)
             self.model.eval()
 
@@ -106,8 +111,10 @@ with warnings.catch_warnings():
 def save_artifacts(folder: Path, model: torch.nn.Module, model_config: ModelConfig, sampler: SamplerConfig,
                    guidance: GuidanceConfig) -> dict[str, str]:
     """Write weights and configs to ``folder``; returns the pyfunc ``artifacts`` mapping."""
-    weights = folder / "weights.pt"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+    from safetensors.torch import save_file
+
+    weights = folder / "weights.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     config = folder / "config.json"
     config.write_text(json.dumps({
         "model": model_config.model_dump(), "sampler": sampler.model_dump(), "guidance": guidance.model_dump(),
@@ -125,7 +132,7 @@ def log_groupdiff_model(model: torch.nn.Module, model_config: ModelConfig, sampl
         artifacts = save_artifacts(Path(tmp), model, model_config, sampler, guidance)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=GroupDiffPyfunc(),
+            python_model=str(MODEL_CODE),  # models-from-code: MLflow stores and runs this file, pickles nothing
             artifacts=artifacts,
             signature=signature(model_config, sampler, guidance),
             registered_model_name=registered_model_name,

@@ -223,10 +223,10 @@ def test_a_deleted_mlflow_model_file_and_an_unknown_version_are_missing(records)
     from registry.catalogue.models import ModelVersion
 
     store, factory, _, tmp_path = records
-    [weights] = list((tmp_path / "mlartifacts").rglob("weights.pt"))
+    [weights] = list((tmp_path / "mlartifacts").rglob("weights.safetensors"))
     weights.unlink()
     [missing] = _check(records).of(MISSING)
-    assert missing.target.endswith("/artifacts/weights.pt") and missing.referenced_by == ["mlflow model gd-check v1"]
+    assert missing.target.endswith("/artifacts/weights.safetensors") and missing.referenced_by == ["mlflow model gd-check v1"]
     shutil.rmtree(weights.parent.parent)  # the whole model folder, MLmodel included
     [missing] = _check(records).of(MISSING)
     assert missing.target.endswith("/MLmodel") and "cannot be loaded" in missing.detail

@@ -112,6 +112,9 @@ def test_register_promote_only_when_better_then_load_champion_and_generate(clien
         info_a = log_groupdiff_model(model_a, MODEL, SAMPLER, GUIDANCE, registered_model_name=name)
         info_b = log_groupdiff_model(model_b, MODEL, SAMPLER, GUIDANCE, name="model_b")
     assert info_a.signature.params is not None
+    flavor = info_a.flavors["python_function"]  # models-from-code: no cloudpickled python_model
+    assert "python_model" not in flavor and flavor["model_code_path"].endswith("pyfunc_code.py")
+    assert flavor["artifacts"]["weights"]["path"].endswith("weights.safetensors")
     v2 = mlflow.register_model(info_b.model_uri, name).version
     v3 = mlflow.register_model(info_b.model_uri, name).version
     v4 = mlflow.register_model(info_b.model_uri, name).version
