@@ -79,28 +79,47 @@ def _timed(fn) -> float:
 # ---------------------------------------------------------------- sampling
 
 
+SAMPLING_VARIANTS = [("baseline", False), ("l", False), ("f", False), ("l", True)]  # (mode, S_cross hooks on)
+
+
 def bench_sampling(images: int, steps: int, repeats: int) -> dict:
     """images/s of baseline CFG, GroupDiff-l-N, GroupDiff-f-N (and -l with S_cross hooks), alternated."""
-    from groupdiff.models import flops_per_image
-    from groupdiff.sample.attention_score import CrossAttentionRecorder
-    from groupdiff.sample.generate import generate
     from groupdiff.sample.stage import load_model_and_config
 
     n = GROUP_SIZE
     if images % n:
         raise SystemExit(f"--images {images} is not a multiple of the group size {n}")
     model, config = load_model_and_config(None, PRESET, [f"sampler.num_steps={steps}"], init_seed=0)
-    classes = config.model.num_classes
-    labels = (torch.arange(images // n) % classes).repeat_interleave(n)  # groups share one class
-    shape = (config.model.in_channels, config.model.input_size, config.model.input_size)
-    guidance = config.guidance.model_copy(update={"interval_low": 0.0, "interval_high": 1.0})
+    modes = guidance_modes(config.guidance, n)
+    run = sampling_calls(model, config, modes, images, n)
+    times = time_variants(run, config.sampler, repeats)
+    med = {v: statistics.median(t) for v, t in times.items()}
+    ips = {v: images / t for v, t in med.items()}
+    return sampling_report(model, config, modes["baseline"].cfg_scale, steps, images, ips)
+
+
+def guidance_modes(guidance, n: int) -> dict:
+    """The preset's guidance at every step (interval [0, 1], cfg 2 where the preset has none) for baseline CFG,
+    GroupDiff-l-N and GroupDiff-f-N."""
+    guidance = guidance.model_copy(update={"interval_low": 0.0, "interval_high": 1.0})
     if guidance.cfg_scale == 1.0:
         guidance = guidance.model_copy(update={"cfg_scale": 2.0})  # guidance must run for a CFG comparison
-    modes = {
+    return {
         "baseline": guidance.model_copy(update={"mode": "baseline", "group_size": 1}),
         "l": guidance.model_copy(update={"mode": "groupdiff-l", "group_size": n}),
         "f": guidance.model_copy(update={"mode": "groupdiff-f", "group_size": n}),
     }
+
+
+def sampling_calls(model, config, modes: dict, images: int, n: int):
+    """``run(mode, s_cross, sampler)``: a no-argument call sampling ``images`` images (groups of ``n`` sharing a
+    class) in that mode, with the S_cross hooks of all layers on when ``s_cross``."""
+    from groupdiff.sample.attention_score import CrossAttentionRecorder
+    from groupdiff.sample.generate import generate
+
+    classes = config.model.num_classes
+    labels = (torch.arange(images // n) % classes).repeat_interleave(n)  # groups share one class
+    shape = (config.model.in_channels, config.model.input_size, config.model.input_size)
 
     def run(mode: str, s_cross: bool = False, sampler=config.sampler):
         g = modes[mode]
@@ -113,8 +132,14 @@ def bench_sampling(images: int, steps: int, repeats: int) -> dict:
                 generate(model, labels, sampler, g, shape)
         return call
 
-    variants = [("baseline", False), ("l", False), ("f", False), ("l", True)]
-    warm_up = config.sampler.model_copy(update={"num_steps": 1})
+    return run
+
+
+def time_variants(run, sampler, repeats: int) -> dict[tuple[str, bool], list[float]]:
+    """Seconds of each variant's call per round: one warm-up call each, then ``repeats`` rounds in a rotating
+    order (so that load from other processes hits all alike)."""
+    variants = SAMPLING_VARIANTS
+    warm_up = sampler.model_copy(update={"num_steps": 1})
     for mode, s_cross in variants:  # one network call per variant: allocations, kernel selection
         run(mode, s_cross, warm_up)()
     times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
@@ -124,12 +149,18 @@ def bench_sampling(images: int, steps: int, repeats: int) -> dict:
             times[(mode, s_cross)].append(_timed(run(mode, s_cross)))
         print(f"sampling round {r + 1}/{repeats}: " + ", ".join(
             f"{m}{'+S' if s else ''} {times[(m, s)][-1]:.2f}s" for m, s in variants), flush=True)
-    med = {v: statistics.median(t) for v, t in times.items()}
-    ips = {v: images / t for v, t in med.items()}
+    return times
+
+
+def sampling_report(model, config, cfg_scale: float, steps: int, images: int, ips: dict) -> dict:
+    """The measured images/s, the cost ratios against baseline CFG, the paper's figures and the FLOP ratios."""
+    from groupdiff.models import flops_per_image
+
+    n = GROUP_SIZE
     f1, fn = flops_per_image(model, 1), flops_per_image(model, n)
     base = ips[("baseline", False)]
     return {
-        "sampler": f"{config.sampler.method} {steps} steps", "cfg_scale": guidance.cfg_scale,
+        "sampler": f"{config.sampler.method} {steps} steps", "cfg_scale": cfg_scale,
         "group_size": n, "sample_images_per_call": images,
         "baseline_images_per_s": round(base, 2),
         "l_images_per_s": round(ips[("l", False)], 2),
