@@ -271,7 +271,8 @@ def piece_sampling(args, device: str) -> dict:
 PIECES = ["train", "group_attention", "zero2_step", "faiss_gpu", "inception", "sampling"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="images per training call (SiT-XL/2 fwd+bwd, ZeRO-2)")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per measurement")
@@ -282,24 +283,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="also write the JSON object to this file")
     parser.add_argument("--toy", action="store_true", help="toy sizes (a code check, not a measurement)")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU (with --toy) instead of refusing")
-    args = parser.parse_args(argv)
+    return parser
 
-    result: dict = {"bench": "gpu", "torch": torch.__version__, "python": platform.python_version(), "toy": args.toy}
-    if not torch.cuda.is_available() and not args.allow_cpu:
-        reason = ("no CUDA GPU visible (torch.cuda.is_available() is False): bench/gpu.py measures the GPU path "
-                  "and has nothing to measure here; run it on a machine with a GPU "
-                  "(or --toy --allow-cpu to check the code at toy size on the CPU)")
-        print(f"bench/gpu.py: {reason}", file=sys.stderr, flush=True)
-        print(json.dumps({**result, "status": "no_gpu", "reason": reason}))
-        return NO_GPU_EXIT
+
+def refuse_without_gpu(result: dict) -> int:
+    """Say why there is nothing to measure (stderr, and the last line's JSON object); the exit status."""
+    reason = ("no CUDA GPU visible (torch.cuda.is_available() is False): bench/gpu.py measures the GPU path "
+              "and has nothing to measure here; run it on a machine with a GPU "
+              "(or --toy --allow-cpu to check the code at toy size on the CPU)")
+    print(f"bench/gpu.py: {reason}", file=sys.stderr, flush=True)
+    print(json.dumps({**result, "status": "no_gpu", "reason": reason}))
+    return NO_GPU_EXIT
+
+
+def open_device(args, result: dict) -> tuple[str, float | None]:
+    """The device to measure on and its bf16 peak (None on the CPU); its name and memory go into ``result``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
     peak = peak_tflops(name, args.peak_tflops) if device == "cuda" else None
     result.update(device=name, status="ok", errors={})
     if device == "cuda":
         result["gpu_mem_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    torch.manual_seed(0)
-    started = time.perf_counter()
+    return device, peak
+
+
+def run_pieces(args, device: str, peak: float | None, result: dict) -> None:
+    """The ``--only`` pieces in order, each figure (or error) into ``result``; a failed piece does not stop the rest."""
     pieces = {"train": lambda: piece_train(args, device, peak),
               "group_attention": lambda: piece_group_attention(args, device),
               "zero2_step": lambda: piece_zero2(args, device),
@@ -319,14 +328,30 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.reset()  # drop the compiled graphs (and the model they hold) before the next piece
         if device == "cuda":
             torch.cuda.empty_cache()
+
+
+def emit(result: dict, out: str) -> None:
+    """Write the result to ``out`` (when given) and print it as the LAST line."""
+    text = json.dumps(result)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: dict = {"bench": "gpu", "torch": torch.__version__, "python": platform.python_version(), "toy": args.toy}
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        return refuse_without_gpu(result)
+    device, peak = open_device(args, result)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    run_pieces(args, device, peak, result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     if result["errors"]:
         result["status"] = "partial"
-    text = json.dumps(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(text)
+    emit(result, args.out)
     return 0 if not result["errors"] else 1
 
 
