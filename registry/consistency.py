@@ -243,9 +243,11 @@ def _model_files(mlmodel: dict) -> list[str]:
     for flavor in (mlmodel.get("flavors") or {}).values():
         if not isinstance(flavor, dict):
             continue
-        for name in ("python_model", "data", "model_code_path"):
+        for name in ("python_model", "data"):
             if isinstance(flavor.get(name), str):
                 files.append(flavor[name])
+        if isinstance(flavor.get("model_code_path"), str):  # the logger's own path; MLflow keeps its basename
+            files.append(flavor["model_code_path"].replace("\\", "/").rsplit("/", 1)[-1])
         for spec in (flavor.get("artifacts") or {}).values():
             if isinstance(spec, dict) and isinstance(spec.get("path"), str):
                 files.append(spec["path"])
