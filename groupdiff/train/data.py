@@ -22,11 +22,22 @@ if TYPE_CHECKING:  # annotations only: the composed config imports this package'
 
 
 def load_dataset(config: GroupDiffConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, S, S) in [-1, 1] and labels of the configured dataset, checked against the model."""
-    from ..data.fmnist import load_fmnist
-
+    """Images (N, C, S, S) in [-1, 1] (or latents) and labels of the dataset ``data.dataset`` names, checked
+    against the model. The whole set is held in memory (streaming from shards is the data issue's work)."""
     data = config.data
-    images, labels = load_fmnist(data.split, data.image_size, data.limit)
+    if data.dataset == "fmnist":
+        from ..data.fmnist import load_fmnist
+
+        images, labels = load_fmnist(data.split, data.image_size, data.limit)
+    else:
+        from ..data.datasets import build_dataset
+
+        dataset = build_dataset(data)  # a missing or empty root fails here, naming the path
+        if len(dataset) == 0:
+            raise ValueError(f"data.dataset={data.dataset!r}: {data.root} holds no items")
+        items = [dataset[i] for i in range(len(dataset))]
+        images = torch.stack([x for x, _ in items]).float()
+        labels = torch.tensor([y for _, y in items], dtype=torch.long)
     check_dataset(config, images, labels)
     return images, labels
 
@@ -36,8 +47,9 @@ def check_dataset(config: GroupDiffConfig, images: torch.Tensor, labels: torch.T
     model = config.model
     if images.ndim != 4 or images.shape[1] != model.in_channels or images.shape[-1] != model.input_size:
         raise ValueError(
-            f"dataset images have shape {tuple(images.shape)} but model expects (N, {model.in_channels}, "
-            f"{model.input_size}, {model.input_size}) (model.in_channels / model.input_size vs data.image_size)"
+            f"data.dataset={config.data.dataset!r} gives images of shape {tuple(images.shape)} but model expects "
+            f"(N, {model.in_channels}, {model.input_size}, {model.input_size}) (model.in_channels / model.input_size "
+            f"vs the dataset's channels and data.image_size)"
         )
     if labels.shape != (images.shape[0],):
         raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
