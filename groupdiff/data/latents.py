@@ -84,9 +84,9 @@ def encode_latents(dataset, config: VaeConfig, out_dir: str | Path, rank: int = 
                    device: str = "cpu", vae=None, vae_digest: str | None = None, num_workers: int = 0) -> ShardStageResult:
     """Encode this rank's missing latent shards of ``dataset`` (RGB in [-1, 1]) into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if vae is None:
+    if vae is None:  # before the folder exists: bad VAE weights leave nothing behind
         vae, vae_digest = build_vae(config, device)
+    out.mkdir(parents=True, exist_ok=True)
     channels = vae.config.in_channels
     if dataset.channels != channels:
         raise ValueError(f"the VAE expects {channels}-channel images, the dataset has {dataset.channels} "

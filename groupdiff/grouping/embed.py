@@ -78,9 +78,9 @@ def embed_dataset(dataset, config: EmbedConfig, out_dir: str | Path, rank: int =
     ``encoder`` overrides the one ``config`` names (used by tests to count calls).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if encoder is None:
+    if encoder is None:  # before the folder exists: a bad encoder setting leaves nothing behind
         encoder = make_encoder(dataset, config)
+    out.mkdir(parents=True, exist_ok=True)
     manifest = {
         "dataset_digest": dataset.digest, "encoder": encoder.name, "encoder_digest": encoder.digest,
         "num_items": len(dataset), "shard_size": config.shard_size,

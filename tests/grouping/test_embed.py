@@ -143,3 +143,10 @@ def test_sigkill_half_way_then_rerun_computes_only_missing_shards(tmp_path):
     subprocess.run(command(tmp_path / "straight"), env=env, capture_output=True, check=True)
     resumed, straight = load_embeddings(run_dir), load_embeddings(tmp_path / "straight")
     assert np.array_equal(resumed.vectors, straight.vectors) and resumed.digest == straight.digest
+
+
+def test_a_bad_encoder_setting_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", "--set", "embed.encoder=clip", "--set", "data.limit=20", "--out", str(out)]) == 2
+    assert "no weights file configured" in capsys.readouterr().err
+    assert not out.exists()
