@@ -88,7 +88,16 @@ def read_samples_npz(path: str | Path) -> SampleBatch:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"samples file {str(path)!r} does not exist")
-    with np.load(path, allow_pickle=False) as data:
+    import zipfile
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:  # not a zip of .npy arrays (or a bare .npy)
+        raise ValueError(f"{path} is not a samples .npz: expected a zip of .npy arrays with {IMAGES_KEY!r} (uint8 "
+                         f"N x H x W x C) and labels ({type(exc).__name__}: {str(exc)[:100]})") from None
+    if not hasattr(data, "files"):
+        raise ValueError(f"{path} is a single .npy array, not a samples .npz with {IMAGES_KEY!r} and labels")
+    with data:
         if IMAGES_KEY not in data.files:
             raise ValueError(f"{path}: no {IMAGES_KEY!r} array (found {sorted(data.files)}); expected ADM layout")
         images = check_images(data[IMAGES_KEY], str(path))
