@@ -320,11 +320,7 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     engine.train()
     try:
         while step < t.steps:
-            plan = plans.plan(epoch)
-            if index >= len(plan):
-                epoch, index = epoch + 1, 0
-                continue
-            batch = plan[index]
+            batch, epoch, index = _next_batch(plans, epoch, index)
             started = time.perf_counter()
             sb = draw_step(batch, images, labels, config, step, rank, world, model)
             if record is not None:
@@ -342,9 +338,7 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 window = _Window()
             if probe is not None and step % t.probe_every == 0:
-                engine.eval()
-                tracker.log_metrics(run_probe(forward, probe, config, model.null_label, device), step=step)
-                engine.train()
+                tracker.log_metrics(_probe(engine, forward, probe, config, device), step=step)
             if step % t.checkpoint_every == 0 or step == t.steps:
                 checkpoint = save_checkpoint(engine, ema, config, {
                     "step": step, "epoch": epoch, "index": index, "world_size": world, "counters": counters,
@@ -357,6 +351,22 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     if last_saved != step:  # a resumed run that had nothing left to do still leaves its checkpoint
         checkpoint = find_latest(run_dir)
     return TrainResult(run_dir, step, checkpoint, last_loss)
+
+
+def _next_batch(plans: EpochPlans, epoch: int, index: int):
+    """The batch at (``epoch``, ``index``), rolling over to the next epoch when this one's plan is used up."""
+    while index >= len(plans.plan(epoch)):
+        epoch, index = epoch + 1, 0
+    return plans.plan(epoch)[index], epoch, index
+
+
+def _probe(engine, forward, probe, config: GroupDiffConfig, device) -> dict[str, float]:
+    """The group-benefit probe's metrics, measured in eval mode (training mode restored after)."""
+    engine.eval()
+    try:
+        return run_probe(forward, probe, config, engine.module.null_label, device)
+    finally:
+        engine.train()
 
 
 def _step_metrics(out: _StepOutcome, epoch: int, ema: EMA, model, counters: dict[str, int]) -> dict[str, float]:
