@@ -53,8 +53,8 @@ def safetensors_problem(path: str | Path) -> str | None:
 
 
 def load_tensor_file(path: str | Path, expected: str) -> Any:
-    """What the weights file at ``path`` holds, read without running code: a ``.safetensors`` file gives a
-    dict of CPU tensors; any other file is read with ``torch.load(weights_only=True)`` (tensors, dicts,
+    """What the weights file at ``path`` holds, read without running code: a safetensors file (by its name or
+    its content) gives a dict of CPU tensors; any other file is read with ``torch.load(weights_only=True)`` (tensors, dicts,
     lists, numbers, strings). ``expected`` says what the file should hold (it ends every error message).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`CheckpointError` for a corrupt file or one
@@ -62,8 +62,8 @@ def load_tensor_file(path: str | Path, expected: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist; expected {expected}")
-    if path.suffix == ".safetensors":
-        problem = safetensors_problem(path)
+    problem = safetensors_problem(path)
+    if path.suffix == ".safetensors" or problem is None:  # by name, or by content whatever the name
         if problem:
             raise CheckpointError(f"weights file {str(path)!r} is corrupt ({problem}); expected {expected}")
         from safetensors.torch import load_file

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
 from ..data.digest import digest_arrays
-from ..safeload import CheckpointError, load_tensor_file
+from ..safeload import CheckpointError, load_tensor_file, safetensors_problem
 from .base import require_weights
 from .config import ClassifierConfig
 
@@ -92,8 +92,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     """The classifier saved at ``path`` (eval mode) and its metadata."""
     p = require_weights(str(path), "classifier encoder", WEIGHTS_HINT)
     expected = f"a groupdiff classifier (.safetensors with 'arch' metadata). {WEIGHTS_HINT}"
-    if p.suffix != ".safetensors":
-        raise CheckpointError(f"classifier weights {str(p)!r} are not a .safetensors file; expected {expected}")
+    problem = safetensors_problem(p)
+    if problem:
+        raise CheckpointError(f"classifier weights file {str(p)!r} is corrupt or not safetensors ({problem}); expected {expected}")
     state = load_tensor_file(p, expected)  # validated first: a corrupt file is one clear error
     from safetensors import safe_open
 
