@@ -14,11 +14,20 @@ Layout of ``<run>/checkpoints/step_XXXXXXXX/`` (the names are :class:`Checkpoint
 Every rank writes into ``.tmp-step_XXXXXXXX``; after a barrier rank 0 renames it to its final name and
 only then rewrites the ``latest`` pointer (itself written atomically). A crash at any point leaves either
 the previous ``latest`` or the new one, never a half-written checkpoint.
+
+Fault-injection hook (tests only, off unless ``$GROUPDIFF_CHECKPOINT_HOLD`` is set): ``POINT:STEP`` makes
+rank 0 stop inside the save of the checkpoint at ``STEP`` and wait there while the marker file
+``checkpoints/.hold-POINT-STEP`` exists (delete it to go on, or kill the process). ``POINT`` is one of
+:data:`HOLD_POINTS`: ``start`` (nothing of it written yet), ``partial`` (its temp folder holds the
+DeepSpeed state, the RNG states and ``model.safetensors``, not the rest), ``done`` (renamed, ``latest``
+rewritten). ``tests/faults`` SIGKILLs the training there.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,6 +42,8 @@ LATEST = "latest"
 TAG = "state"
 # Train fields a resumed run must share with its checkpoint: the epoch plans and draws depend on them.
 RESUME_FIXED_FIELDS = ("variant", "group_size", "group_ratio", "global_batch_images", "seed")
+HOLD_ENV = "GROUPDIFF_CHECKPOINT_HOLD"  # fault-injection hook of the tests, see the module docstring
+HOLD_POINTS = ("start", "partial", "done")
 
 
 @dataclass(frozen=True)
@@ -144,9 +155,28 @@ class CheckpointDir:
         from safetensors.torch import save_file
 
         save_file(ema_state, str(self.ema_file))
+        hold_if_asked("partial", int(state["step"]), self.path.parent)
         save_file(raw_state, str(self.raw_file))
         self.config_file.write_text(config.model_dump_json(indent=2))
         self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def hold_if_asked(point: str, step: int, root: Path) -> None:
+    """The fault-injection hook: wait at ``point`` of the save at ``step`` while ``root/.hold-POINT-STEP``
+    exists, when ``$GROUPDIFF_CHECKPOINT_HOLD`` is ``POINT:STEP`` (unset: return at once)."""
+    wanted = os.environ.get(HOLD_ENV)
+    if not wanted:
+        return
+    where, _, at = wanted.partition(":")
+    if where not in HOLD_POINTS or not at.isdigit():
+        raise ValueError(f"${HOLD_ENV}={wanted!r}; expected POINT:STEP with POINT one of {HOLD_POINTS}, "
+                         "e.g. 'partial:20'")
+    if (where, int(at)) != (point, step):
+        return
+    marker = root / f".hold-{point}-{step:08d}"
+    marker.write_text(str(os.getpid()))
+    while marker.exists():
+        time.sleep(0.05)
 
 
 def _json_problem(path: Path) -> str | None:
@@ -184,6 +214,7 @@ def save_checkpoint(engine, ema, config: GroupDiffConfig, state: dict[str, Any],
     staging = CheckpointDir(root / f".tmp-{name}")  # the same name on every rank
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
+        hold_if_asked("start", int(state["step"]), root)
         staging.create()
     _barrier()
     engine.save_checkpoint(str(staging.ds_dir), tag=TAG, client_state={"trainer_state": state}, save_latest=False)
@@ -197,6 +228,7 @@ def save_checkpoint(engine, ema, config: GroupDiffConfig, state: dict[str, Any],
         replace_dir(staging.path, final)  # the same step saved again (a resumed run's final save) replaces it
         write_text_atomic(root / LATEST, name)
         prune(root, keep_last)
+        hold_if_asked("done", int(state["step"]), root)
     _barrier()
     return final
 
