@@ -5,7 +5,9 @@ Numbers live here once; secrets never do: S3 credentials are read from the envir
 """
 from __future__ import annotations
 
-from pydantic import Field
+import os
+
+from pydantic import Field, ValidationError
 
 from groupdiff.config_base import Section
 
@@ -20,6 +22,10 @@ ENV_REGION = "AWS_DEFAULT_REGION"
 # Set by `groupdiff up` (stack.env) and the compose file: where the platform's records live.
 ENV_STORE_ROOT = "GROUPDIFF_STORE_ROOT"
 ENV_CATALOGUE_URL = "GROUPDIFF_CATALOGUE_URL"
+# $GROUPDIFF_STORE_<FIELD> sets a transfer setting of ObjectStoreConfig for every store a process opens (the
+# flows open theirs from the environment), e.g. GROUPDIFF_STORE_MAX_RETRIES=5 or GROUPDIFF_STORE_TIMEOUT_S=120.
+ENV_STORE_PREFIX = "GROUPDIFF_STORE_"
+ENV_STORE_FIELDS = ("part_size_mib", "max_retries", "backoff_s", "timeout_s", "progress_min_mib", "presign_expiry_s")
 
 
 class ObjectStoreConfig(Section):
@@ -48,6 +54,20 @@ class ObjectStoreConfig(Section):
     presign_expiry_s: int = Field(
         3600, ge=1, le=7 * 24 * 3600, description="Lifetime of a presigned download URL, seconds (S3 max is 7 days)."
     )
+
+    @classmethod
+    def from_env(cls) -> "ObjectStoreConfig":
+        """The defaults, with each transfer setting (``ENV_STORE_FIELDS``) that ``$GROUPDIFF_STORE_<FIELD>`` sets;
+        a bad value is a ValueError naming the variable, its value and the field's bounds."""
+        given = {name: os.environ[f"{ENV_STORE_PREFIX}{name.upper()}"] for name in ENV_STORE_FIELDS
+                 if f"{ENV_STORE_PREFIX}{name.upper()}" in os.environ}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            bad = exc.errors()[0]
+            name = str(bad["loc"][0])
+            raise ValueError(f"${ENV_STORE_PREFIX}{name.upper()}={given[name]!r}: {bad['msg']} "
+                             f"({cls.model_fields[name].description})") from None
 
 
 class CatalogueConfig(Section):

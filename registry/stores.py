@@ -13,10 +13,11 @@ from .uri import parse_uri
 
 def open_store(root: str | None = None, config: ObjectStoreConfig | None = None) -> ObjectStore:
     """Open the store at ``root``, else ``config.root``, else ``$GROUPDIFF_STORE_ROOT``, else the default
-    folder: ``file://`` -> local folder, ``s3://`` -> S3/MinIO."""
+    folder: ``file://`` -> local folder, ``s3://`` -> S3/MinIO. Without ``config`` the transfer settings
+    (retries, timeouts, part size) come from ``$GROUPDIFF_STORE_<FIELD>`` (:meth:`ObjectStoreConfig.from_env`)."""
     if root is None and config is None:
         root = os.environ.get(ENV_STORE_ROOT)
-    config = config or ObjectStoreConfig()
+    config = config or ObjectStoreConfig.from_env()
     parsed = parse_uri(root or config.root)
     if parsed.scheme == "file":
         store = FileStore(parsed.path)
