@@ -176,26 +176,28 @@ def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dat
 def _train_and_publish(rec: Records, config: GroupDiffConfig, digest: str, run: str, prefix: str, folder: Path,
                        groups: dict | None, parent_run_id: str | None, world_size: int) -> dict:
     """Train inside the pool's training-slot limit (a nested MLflow run), copy the last checkpoint's files to
-    ``folder`` and publish it under ``prefix``; returns the published record."""
-    from prefect.concurrency.sync import concurrency
-    from prefect.runtime import flow_run
+    ``folder`` and publish it under ``prefix``; returns the published record.
 
+    The run folder is keyed on the digest, so a re-run after a crash continues from its latest complete
+    checkpoint (``train.resume=auto``), and a training that had finished (the run failed later, e.g. while
+    publishing) is published without being launched again."""
     from .data_tasks import publish
 
     log = get_run_logger()
     variant, step = config.train.variant, config.train.steps
-    if groups is not None:
-        config = config.model_copy(update={"train": config.train.model_copy(update={"groups_path": groups["path"]})})
+    update = {"resume": "auto", **({"groups_path": groups["path"]} if groups is not None else {})}
+    config = config.model_copy(update={"train": config.train.model_copy(update=update)})
     run_dir = rec.work("train", run)
-    limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
-    _ensure_limit(limit, rec.config.training_slots)
     with stage_run(rec, parent_run_id, f"train-{variant}", config.model_dump()) as run_id:
-        env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
-        pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
-        with concurrency(limit, occupy=1, lease_duration=LEASE_S):
-            log.info("training %s (%d steps, world size %d) in %s", variant, step, world_size, run_dir)
-            run_training(config, run_dir, world_size, env, pids, echo=console_echo(log))
         latest = find_latest(run_dir)
+        done_step = int(CheckpointDir(latest).read_state()["step"]) if latest is not None else 0
+        if done_step >= step:
+            log.info("training %s already finished in %s (checkpoint %s): publishing it", variant, run_dir, latest.name)
+        else:
+            if latest is not None:
+                log.info("resuming training %s from its last complete checkpoint %s", variant, latest)
+            _launch(rec, config, run_dir, world_size, run_id)
+            latest = find_latest(run_dir)
         if latest is None:
             raise RuntimeError(f"training of {run} finished without a checkpoint in {run_dir}")
         for name in CheckpointDir.FILES:
@@ -207,6 +209,22 @@ def _train_and_publish(rec: Records, config: GroupDiffConfig, digest: str, run: 
         publish(rec, prefix, folder, done)
         rec.mlflow.log_artifact(run_id, str(CheckpointDir(folder).config_file), "checkpoint")
     return done
+
+
+def _launch(rec: Records, config: GroupDiffConfig, run_dir: Path, world_size: int, run_id: str) -> None:
+    """Run the training subprocess to the end, holding one of the pool's training slots while it runs."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.runtime import flow_run
+
+    log = get_run_logger()
+    limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
+    _ensure_limit(limit, rec.config.training_slots)
+    env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
+    pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
+    with concurrency(limit, occupy=1, lease_duration=LEASE_S):
+        log.info("training %s (%d steps, world size %d) in %s", config.train.variant, config.train.steps,
+                 world_size, run_dir)
+        run_training(config, run_dir, world_size, env, pids, echo=console_echo(log))
 
 
 def _record_checkpoint(rec: Records, done: dict, digest: str, uri: str, dataset: dict, groups: dict | None,
