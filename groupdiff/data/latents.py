@@ -80,6 +80,38 @@ def build_vae(config: VaeConfig, device: str | torch.device = "cpu"):
     return vae.to(device, _DTYPES[config.dtype]).eval(), digest
 
 
+class LatentEncoder:
+    """Images -> stored latents (``mean * scaling_factor``, or a posterior sample drawn from a generator
+    seeded with ``seed``) with one VAE: the one rule of :func:`encode_latents` and ``groupdiff ingest``."""
+
+    def __init__(self, vae, config: VaeConfig, seed: int | None = None):
+        self.vae, self.config = vae, config
+        self.dtype = next(vae.parameters()).dtype
+        self.device = next(vae.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed if seed is None else seed)
+
+    def latent_shape(self, image_size: int) -> list[int]:
+        """(C, S/f, S/f) of an image of side ``image_size``."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return [self.vae.config.latent_channels, image_size // factor, image_size // factor]
+
+    def describe(self, vae_digest: str | None) -> dict:
+        """What makes these latents what they are (for manifests and digests)."""
+        return {"vae_digest": vae_digest, "scaling_factor": self.config.scaling_factor, "sample": self.config.sample,
+                "seed": self.config.seed if self.config.sample else None}
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> np.ndarray:
+        """float32 latents of images (N, 3, S, S) in [-1, 1]."""
+        dist = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        z = dist.sample(generator=self.generator) if self.config.sample else dist.mean
+        return (z.float() * self.config.scaling_factor).cpu().numpy()
+
+    def encode_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 latents of uint8 images (N, 3, S, S), mapped to [-1, 1] as the datasets do."""
+        return self.encode(torch.from_numpy(pixels.astype(np.float32)).div(127.5).sub(1.0))
+
+
 def encode_latents(dataset, config: VaeConfig, out_dir: str | Path, rank: int = 0, world_size: int = 1,
                    device: str = "cpu", vae=None, vae_digest: str | None = None, num_workers: int = 0) -> ShardStageResult:
     """Encode this rank's missing latent shards of ``dataset`` (RGB in [-1, 1]) into ``out_dir``."""
@@ -107,20 +139,11 @@ def encode_latents(dataset, config: VaeConfig, out_dir: str | Path, rank: int = 
         write_json_atomic(path, manifest, sort_keys=True)
     if not (out / "labels.npy").exists():
         save_atomic(out / "labels.npy", np.asarray(dataset.labels, dtype=np.int64))
-    dtype = next(vae.parameters()).dtype
-    dev = next(vae.parameters()).device
-
-    @torch.no_grad()
     def compute(indices: np.ndarray) -> np.ndarray:
-        gen = torch.Generator(device=dev).manual_seed(config.seed + int(indices[0]) // config.shard_size)
+        encoder = LatentEncoder(vae, config, seed=config.seed + int(indices[0]) // config.shard_size)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices.tolist()),
                                              batch_size=config.batch_size, shuffle=False, num_workers=num_workers)
-        parts = []
-        for images, _ in loader:
-            dist = vae.encode(images.to(dev, dtype)).latent_dist
-            z = dist.sample(generator=gen) if config.sample else dist.mean
-            parts.append((z.float() * config.scaling_factor).cpu().numpy())
-        return np.concatenate(parts)
+        return np.concatenate([encoder.encode(images) for images, _ in loader])
 
     done = run_shards(len(dataset), config.shard_size, out, PREFIX, compute, rank, world_size, desc="encode latents")
     done["complete"] = not missing_shards(len(dataset), config.shard_size, out, PREFIX)
