@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,43 +21,57 @@ if TYPE_CHECKING:  # annotations only: the composed config imports this package'
     from ..config import GroupDiffConfig
 
 
-def load_dataset(config: GroupDiffConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, C, S, S) in [-1, 1] (or latents) and labels of the dataset ``data.dataset`` names, checked
-    against the model. The whole set is held in memory (streaming from shards is the data issue's work)."""
+def load_dataset(config: GroupDiffConfig) -> tuple[Any, torch.Tensor]:
+    """The dataset ``data.dataset`` names as a *source* (items read by index, see :func:`as_source`) and its
+    labels, checked against the model. Only the built-in data is held in memory as one tensor; image folders
+    decode per item and shard versions (local or ``s3://``) are memory-mapped, so memory does not grow with the set."""
     data = config.data
     if data.dataset == "fmnist":
         from ..data.fmnist import load_fmnist
 
         images, labels = load_fmnist(data.split, data.image_size, data.limit)
+        source = as_source(images)
     else:
         from ..data.datasets import build_dataset
 
-        dataset = build_dataset(data)  # a missing or empty root fails here, naming the path
-        if len(dataset) == 0:
+        source = build_dataset(data)  # a missing or empty root fails here, naming the path
+        if len(source) == 0:
             raise ValueError(f"data.dataset={data.dataset!r}: {data.root} holds no items")
-        items = [dataset[i] for i in range(len(dataset))]
-        images = torch.stack([x for x, _ in items]).float()
-        labels = torch.tensor([y for _, y in items], dtype=torch.long)
-    check_dataset(config, images, labels)
-    return images, labels
+        labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.long)
+    check_dataset(config, source, labels)
+    return source, labels
 
 
-def check_dataset(config: GroupDiffConfig, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Raise ValueError when the images or labels cannot feed the configured model."""
+def as_source(images) -> Any:
+    """A tensor of images (N, ...) as a source; datasets of :func:`~groupdiff.data.datasets.build_dataset`
+    are sources already (``len``, ``fetch``/``__getitem__``, ``item_shape``)."""
+    if isinstance(images, torch.Tensor):
+        from ..data.datasets import TensorImageDataset
+
+        return TensorImageDataset(images, np.zeros(len(images), dtype=np.int64), 0, "")
+    return images
+
+
+def check_dataset(config: GroupDiffConfig, source, labels: torch.Tensor) -> None:
+    """Raise ValueError when the items or labels cannot feed the configured model."""
+    from ..data.datasets import item_shape
+
+    source = as_source(source)
     model = config.model
-    if images.ndim != 4 or images.shape[1] != model.in_channels or images.shape[-1] != model.input_size:
+    shape = (len(source), *item_shape(source))
+    if len(shape) != 4 or shape[1] != model.in_channels or shape[-1] != model.input_size:
         raise ValueError(
-            f"data.dataset={config.data.dataset!r} gives images of shape {tuple(images.shape)} but model expects "
+            f"data.dataset={config.data.dataset!r} gives images of shape {shape} but model expects "
             f"(N, {model.in_channels}, {model.input_size}, {model.input_size}) (model.in_channels / model.input_size "
             f"vs the dataset's channels and data.image_size)"
         )
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
+    if labels.shape != (shape[0],):
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match {shape[0]} images")
     if labels.numel() and (labels.min() < 0 or labels.max() >= model.num_classes):
         raise ValueError(f"labels span [{int(labels.min())}, {int(labels.max())}] but model.num_classes={model.num_classes}")
-    if images.shape[0] < config.train.global_batch_images:
+    if shape[0] < config.train.global_batch_images:
         raise ValueError(
-            f"the dataset holds {images.shape[0]} images, fewer than one global batch "
+            f"the dataset holds {shape[0]} images, fewer than one global batch "
             f"(train.global_batch_images={config.train.global_batch_images})"
         )
 
@@ -150,10 +164,13 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 def draw_step(
-    batch: PlannedBatch, images: torch.Tensor, labels: torch.Tensor, config: GroupDiffConfig, step: int,
-    rank: int, world_size: int, model: torch.nn.Module,
+    batch: PlannedBatch, images, labels: torch.Tensor, config: GroupDiffConfig, step: int,
+    rank: int, world_size: int, model: torch.nn.Module, x0: torch.Tensor | None = None,
 ) -> StepBatch:
     """Draw the global batch's randomness for ``step`` and return rank ``rank``'s contiguous share.
+
+    ``images`` is a source (a tensor or a dataset, :func:`as_source`); ``x0`` is this rank's share of the items
+    when a DataLoader has read them already (:mod:`groupdiff.train.loader`), else they are read here.
 
     Label dropout (probability ``model.class_dropout_prob``) is decided per group, as DESIGN 1.3 asks;
     GroupDiff-l group batches get the null label throughout. ``model`` supplies the null label and
@@ -161,10 +178,12 @@ def draw_step(
     """
     null_label = model.null_label
     n, groups = batch.group_size, batch.num_groups
+    from ..data.datasets import fetch_items, item_shape
+
+    source = as_source(images)
     gen = step_generator(config.train.seed, step)
     t = sample_timesteps(groups, n, config.transport, gen)
-    shape = (len(batch.indices), *images.shape[1:])
-    noise = torch.randn(shape, generator=gen, dtype=images.dtype)
+    noise = torch.randn((len(batch.indices), *item_shape(source)), generator=gen, dtype=torch.float32)
     ids = None
     if n > 1:
         ids = model.s_embedder.random_ids(groups, n, "cpu", gen)
@@ -178,7 +197,9 @@ def draw_step(
     share = shard_batch(batch, rank, world_size)
     per = len(share.indices)
     s = slice(rank * per, (rank + 1) * per)
+    if x0 is None:
+        x0 = fetch_items(source, share.indices)
     return StepBatch(
-        x0=images[index[s]], y=y[s], t=t[s], noise=noise[s], sample_ids=None if ids is None else ids[s],
+        x0=x0, y=y[s], t=t[s], noise=noise[s], sample_ids=None if ids is None else ids[s],
         group_size=n, unconditional=batch.unconditional, indices=share.indices,
     )

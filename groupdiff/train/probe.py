@@ -21,7 +21,7 @@ import torch
 
 from ..grouping.plans import build_epoch_plan
 from ..transport.losses import sample_timesteps, training_losses
-from .data import step_generator
+from .data import as_source, step_generator
 
 if TYPE_CHECKING:  # annotations only: the composed config imports this package's section
     from ..config import GroupDiffConfig
@@ -41,21 +41,25 @@ class ProbeSet:
     group_size: int
 
 
-def build_probe_set(config: GroupDiffConfig, images: torch.Tensor, grouping: dict | None, model) -> ProbeSet:
-    """The probe's groups (a GroupDiff-f plan of a reserved epoch index) and their fixed timesteps/noise."""
+def build_probe_set(config: GroupDiffConfig, images, grouping: dict | None, model) -> ProbeSet:
+    """The probe's groups (a GroupDiff-f plan of a reserved epoch index) and their fixed timesteps/noise;
+    ``images`` is a tensor or a dataset (:func:`~groupdiff.train.data.as_source`)."""
+    from ..data.datasets import fetch_items, item_shape
+
+    source = as_source(images)
     t_cfg = config.train
     n = t_cfg.group_size
-    groups = min(t_cfg.probe_groups, images.shape[0] // n)
+    groups = min(t_cfg.probe_groups, len(source) // n)
     if groups < 2:
-        raise ValueError(f"the probe needs at least 2 groups of N={n}; the dataset holds {images.shape[0]} images")
-    plan = build_epoch_plan("groupdiff-f", images.shape[0], groups * n, n, epoch=PROBE_EPOCH, seed=t_cfg.seed,
+        raise ValueError(f"the probe needs at least 2 groups of N={n}; the dataset holds {len(source)} images")
+    plan = build_epoch_plan("groupdiff-f", len(source), groups * n, n, epoch=PROBE_EPOCH, seed=t_cfg.seed,
                             drop_last=True, **(grouping or {}))
-    index = torch.from_numpy(plan[0].indices)
+    index = plan[0].indices
     gen = step_generator(t_cfg.seed, 0, stream=PROBE_STREAM)
     t = sample_timesteps(groups, n, config.transport, gen)
-    noise = torch.randn((len(index), *images.shape[1:]), generator=gen, dtype=images.dtype)
+    noise = torch.randn((len(index), *item_shape(source)), generator=gen, dtype=torch.float32)
     ids = model.s_embedder.random_ids(groups, n, "cpu", gen)
-    return ProbeSet(images[index], t, noise, ids, n)
+    return ProbeSet(fetch_items(source, index), t, noise, ids, n)
 
 
 def shuffle_permutation(groups: int, n: int) -> torch.Tensor:

@@ -24,8 +24,9 @@ from ..safeload import CheckpointError, load_tensor_file
 from ..tracking import NullTracker, Tracker
 from ..transport.losses import training_losses
 from .checkpoint import TAG, CheckpointDir, check_resumable, find_latest, load_rng, resolve_resume, save_checkpoint
-from .data import EpochPlans, check_dataset, class_neighbours, draw_step, load_dataset, load_group_table
+from .data import EpochPlans, as_source, check_dataset, class_neighbours, draw_step, load_dataset, load_group_table
 from .ds_config import batch_layout, deepspeed_config, use_bf16
+from .loader import step_loader
 from .launch import device_type, ensure_rendezvous_env, init_distributed
 from .optim import EMA, build_optimizer, ema_decay_at, global_grad_norm, param_groups, warmup_factor
 from .probe import build_probe_set, run_probe
@@ -146,7 +147,7 @@ def train(config: GroupDiffConfig, run_dir: str | Path, tracker: Tracker | None 
     layout = batch_layout(t, world)
     resume = _resume_of(config, run_dir, world)
 
-    images, labels = data if data is not None else load_dataset(config)
+    images, labels = (as_source(data[0]), data[1]) if data is not None else load_dataset(config)
     check_dataset(config, images, labels)
     grouping = _grouping(config, labels)
     if t.num_threads:
@@ -306,7 +307,7 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     def forward(x, t_, y, group_size=1, sample_ids=None):
         return engine(x.to(dtype), t_, y, group_size=group_size, sample_ids=sample_ids)
 
-    plans = EpochPlans(config, images.shape[0], grouping)
+    plans = EpochPlans(config, len(labels), grouping)
     probe = build_probe_set(config, images, grouping, model) if t.probe_every and t.variant != "baseline" else None
     warm = warmup_factor(t.warmup_steps)
     counters = {"images": 0, "group_batches": 0, "direct_batches": 0, "unconditional_images": 0, **state["counters"]}
@@ -318,11 +319,12 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     bar = tqdm(total=t.steps, initial=step, disable=rank != 0, desc=f"train {t.variant}", dynamic_ncols=True)
     checkpoint = find_latest(run_dir) if last_saved is not None else None
     engine.train()
+    loader = step_loader(images, plans, epoch, index, max(0, t.steps - step), rank, world, config.data.num_workers,
+                         config.data.prefetch_factor)
     try:
-        while step < t.steps:
-            batch, epoch, index = _next_batch(plans, epoch, index)
+        for batch, epoch, index, x0 in loader:
             started = time.perf_counter()
-            sb = draw_step(batch, images, labels, config, step, rank, world, model)
+            sb = draw_step(batch, images, labels, config, step, rank, world, model, x0=x0)
             if record is not None:
                 record.write(json.dumps({"step": step, "indices": sb.indices.tolist()}) + "\n")
             out = _step(config, engine, ema, forward, batch, sb, layout, step, world, device, bf16, warm, run_dir,
@@ -351,13 +353,6 @@ def _loop(config, run_dir, engine, ema, state, layout, images, labels, grouping,
     if last_saved != step:  # a resumed run that had nothing left to do still leaves its checkpoint
         checkpoint = find_latest(run_dir)
     return TrainResult(run_dir, step, checkpoint, last_loss)
-
-
-def _next_batch(plans: EpochPlans, epoch: int, index: int):
-    """The batch at (``epoch``, ``index``), rolling over to the next epoch when this one's plan is used up."""
-    while index >= len(plans.plan(epoch)):
-        epoch, index = epoch + 1, 0
-    return plans.plan(epoch)[index], epoch, index
 
 
 def _probe(engine, forward, probe, config: GroupDiffConfig, device) -> dict[str, float]:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from groupdiff.config import load_preset
-from groupdiff.data.datasets import build_dataset
+from groupdiff.data.datasets import build_dataset, fetch_items
 from groupdiff.train.data import load_dataset
 
 
@@ -30,8 +30,9 @@ def folder_config(root, *extra: str):
 def test_training_reads_the_image_folder_it_is_given(tmp_path):
     write_folder(tmp_path / "rgb", "RGB")
     config = folder_config(tmp_path / "rgb", "model.in_channels=3")
-    images, labels = load_dataset(config)
+    source, labels = load_dataset(config)
     expected = build_dataset(config.data)
+    images = fetch_items(source, np.arange(len(source)))
     assert images.shape == (24, 3, 16, 16) and labels.tolist() == [0] * 12 + [1] * 12
     for i in (0, 13, 23):
         torch.testing.assert_close(images[i], expected[i][0], rtol=0, atol=0)
