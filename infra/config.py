@@ -1,4 +1,4 @@
-"""Settings of the local stack (``groupdiff up``): ports, folders, which services.
+"""Settings of the local stack (``groupdiff up``): ports, folders, which services, and whether it is exposed.
 
 A plain pydantic model (``infra`` imports nothing from ``groupdiff``); every field has a description
 and bounds. Ports default to uncommon values so a developer's own PostgreSQL/MLflow keep theirs.
@@ -21,8 +21,9 @@ DATABASES: tuple[str, ...] = ("prefect", "mlflow", "catalogue")
 
 class SeaweedPorts(BaseModel):
     """The ports SeaweedFS (``weed mini``) opens besides the S3 API: master, volume server, filer, the S3
-    gateway's gRPC port and the admin server (started even with its UI off). All bind to 127.0.0.1; each must
-    differ from every other port of the stack (checked when the stack starts)."""
+    gateway's gRPC port and the admin server (started even with its UI off). All bind to 127.0.0.1, also on an
+    exposed stack (none of them checks credentials); each must differ from every other port of the stack
+    (checked when the stack starts)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,10 +36,16 @@ class SeaweedPorts(BaseModel):
     s3_grpc: int = Field(19001, ge=1024, le=65535, description="SeaweedFS S3 gateway gRPC port (-s3.port.grpc).")
     admin: int = Field(19646, ge=1024, le=65535, description="SeaweedFS admin server HTTP port (-admin.port; UI off).")
     admin_grpc: int = Field(19647, ge=1024, le=65535, description="SeaweedFS admin server gRPC port (-admin.port.grpc).")
+    s3_behind: int = Field(
+        19002, ge=1024, le=65535,
+        description="Exposed stack only: the S3 gateway's own port on 127.0.0.1, behind the forwarder that listens on "
+        "s3_port on every interface (so the gateway's gRPC port, which takes new identities unauthenticated, stays "
+        "local).",
+    )
 
 
 class StackConfig(BaseModel):
-    """The local service stack on 127.0.0.1."""
+    """The local service stack: on 127.0.0.1, or on every interface behind credentials with ``expose``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +61,18 @@ class StackConfig(BaseModel):
     prefect_port: int = Field(14200, ge=1024, le=65535, description="Prefect server API/UI port.")
     worker_port: int = Field(14201, ge=1024, le=65535, description="Prefect worker health-check port.")
     mlflow_port: int = Field(15000, ge=1024, le=65535, description="MLflow tracking server port.")
+    expose: bool = Field(
+        False,
+        description="Bind PostgreSQL, S3, Prefect and MLflow to 0.0.0.0 (every interface) instead of 127.0.0.1. "
+        "Then every service requires credentials (MLflow's basic-auth app, Prefect's auth string, S3 keys, "
+        "PostgreSQL SCRAM password), read from the environment or secrets_file; 'up' refuses to start without them.",
+    )
+    secrets_file: Path | None = Field(
+        None,
+        description="File of NAME=VALUE lines with the credentials an exposed stack needs (MLFLOW_TRACKING_USERNAME, "
+        "MLFLOW_TRACKING_PASSWORD, PREFECT_API_AUTH_STRING, PGPASSWORD); must be readable by its owner only "
+        "(mode 0600). Variables set in the environment win. Only its path is recorded, never its contents.",
+    )
     pg_bin_dir: Path = Field(
         Path("/usr/lib/postgresql/15/bin"), description="Folder with initdb, postgres and pg_isready (Debian layout)."
     )

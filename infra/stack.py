@@ -1,16 +1,20 @@
 """The local stack (DESIGN 2.4, tier 2): PostgreSQL, an S3 server (SeaweedFS), Prefect server + process
-worker, MLflow server proxying artefacts to S3 — all on 127.0.0.1, all state under one folder.
+worker, MLflow server proxying artefacts to S3 — all on 127.0.0.1, all state under one folder. Exposed
+(``StackConfig.expose``, ``groupdiff up --expose``), PostgreSQL, S3, Prefect and MLflow listen on 0.0.0.0
+and every one requires credentials (``infra.auth``: read from the environment or an owner-only file, checked
+before anything starts); SeaweedFS's internal ports and the worker's health port stay on 127.0.0.1.
 
 ``up(config)`` starts what is not running (twice is harmless), ``status(config)`` reports health,
 ``down(config)`` stops everything it started and keeps the data (PostgreSQL's cluster, SeaweedFS's
 volumes), ``purge(config)`` then deletes that data. ``<state>/stack.env`` holds the variables clients need
-(API addresses and the generated S3 credentials; mode 0600, never printed).
+(API addresses, the generated S3 credentials and, exposed, the other credentials; mode 0600, never printed).
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import time
@@ -18,7 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import postgres, seaweed
+from . import mlflow_auth, postgres, seaweed
+from .auth import StackSecrets, check_private
+from .auth import load as load_secrets
 from .config import ALL_SERVICES, DATABASES, REQUIRES, StackConfig
 from .process import HOST, Service, ServiceError, http_ok, log_file, read_pid, running, start, stop
 
@@ -27,7 +33,9 @@ ENV_FILE = "stack.env"
 CREDENTIALS_FILE = "credentials.json"
 S3_DIR = "s3"  # SeaweedFS: data/, identities.json, run/ (its unix sockets)
 # What `purge` deletes: everything `up` writes into the state folder (nothing else there is touched).
-STATE_ENTRIES = ("postgres", S3_DIR, "prefect", "logs", "pids", CREDENTIALS_FILE, ENV_FILE, CONFIG_FILE)
+STATE_ENTRIES = ("postgres", S3_DIR, "prefect", mlflow_auth.AUTH_DIR, "logs", "pids", CREDENTIALS_FILE, ENV_FILE,
+                 CONFIG_FILE)
+BIND_ALL = "0.0.0.0"  # where an exposed stack's services listen
 
 
 @dataclass
@@ -52,19 +60,44 @@ def _exe(name: str) -> str:
 
 
 def credentials(state: Path) -> dict[str, str]:
-    """S3 credentials of the local server, generated once and kept in ``<state>/credentials.json`` (0600)."""
+    """Generated secrets of the local stack, kept in ``<state>/credentials.json`` (0600; refused when its group
+    or others can read it): the S3 keys and the MLflow auth app's CSRF key, each made once when missing."""
     path = state / CREDENTIALS_FILE
-    if not path.exists():
+    data = {}
+    if path.exists():
+        check_private(path)
+        data = json.loads(path.read_text())
+    made = {"access_key": lambda: f"gd{secrets.token_hex(8)}", "secret_key": lambda: secrets.token_hex(20),
+            "flask_secret_key": lambda: secrets.token_hex(32)}
+    missing = {key: make() for key, make in made.items() if key not in data}
+    if missing:
         state.mkdir(parents=True, exist_ok=True)
-        data = {"access_key": f"gd{secrets.token_hex(8)}", "secret_key": secrets.token_hex(20)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        data.update(missing)
+        tmp = path.with_name(f".{CREDENTIALS_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
-    return json.loads(path.read_text())
+        os.replace(tmp, path)
+    return data
 
 
-def client_env(config: StackConfig) -> dict[str, str]:
-    """Environment variables that point clients (our code, MLflow, Prefect) at this stack."""
+def stack_secrets(config: StackConfig) -> StackSecrets | None:
+    """The credentials an exposed stack needs (``infra.auth.load``; raises naming what is missing); None when
+    the stack is not exposed."""
+    return load_secrets(config.secrets_file) if config.expose else None
+
+
+def client_env(config: StackConfig, given: StackSecrets | None = None) -> dict[str, str]:
+    """Environment variables that point clients (our code, MLflow, Prefect) at this stack; exposed, with the
+    credentials clients need (given, or read as :func:`stack_secrets` does)."""
+    env = _base_env(config)
+    if config.expose:
+        env.update((given or stack_secrets(config)).client_env())
+    return env
+
+
+def _base_env(config: StackConfig) -> dict[str, str]:
+    """Addresses and the generated S3 keys (what every client needs, exposed or not)."""
     creds = credentials(config.state_dir.resolve())
     s3 = f"http://{HOST}:{config.s3_port}"
     return {
@@ -80,38 +113,42 @@ def client_env(config: StackConfig) -> dict[str, str]:
     }
 
 
-def services(config: StackConfig) -> dict[str, Service]:
-    """The service definitions of ``config`` (all five, whether selected or not)."""
+def services(config: StackConfig, given: StackSecrets | None = None) -> dict[str, Service]:
+    """The service definitions of ``config`` (all five, whether selected or not). An exposed stack's servers
+    get ``given`` (:func:`stack_secrets`) in their environments; without them the definitions serve
+    ``status`` and ``down`` only."""
     state = config.state_dir.resolve()
-    env = client_env(config)
-    pg_user = postgres.os_user(config.pg_os_user)
+    env = _base_env(config)
+    bind = BIND_ALL if config.expose else HOST
+    clients = given.client_env() if given else {}
+    pg_password = {"PGPASSWORD": given.pg_password} if given else {}
     p = config.ports
     prefect_env = {
         "PREFECT_HOME": str(state / "prefect"),
         "PREFECT_API_URL": env["PREFECT_API_URL"],
         "PREFECT_UI_API_URL": env["PREFECT_API_URL"],
         "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url(p["postgres"], "prefect", driver="asyncpg"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **pg_password,
     }
+    if given:
+        prefect_env.update(PREFECT_SERVER_API_AUTH_STRING=given.prefect_auth,  # the server's own clients too
+                           PREFECT_API_AUTH_STRING=given.prefect_auth)
     worker_env = {
         "PREFECT_HOME": str(state / "prefect"), "PREFECT_API_URL": env["PREFECT_API_URL"],
         "PREFECT_WORKER_WEBSERVER_HOST": HOST, "PREFECT_WORKER_WEBSERVER_PORT": str(p["worker"]),
         **{k: env[k] for k in ("MLFLOW_TRACKING_URI", "GROUPDIFF_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL",
                                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "GROUPDIFF_STORE_ROOT",
                                "GROUPDIFF_CATALOGUE_URL")},
+        **clients,  # flow runs reach MLflow, Prefect and the catalogue with these
     }
-    mlflow_env = {k: env[k] for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                      "AWS_DEFAULT_REGION")}
-    mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if config.mlflow_jobs else "false"
     return {
-        "postgres": postgres.service(state / "postgres", config.pg_bin_dir, p["postgres"], pg_user,
-                                     durable=config.pg_durable),
+        "postgres": _postgres(config, state, bind, given),
         "s3": seaweed.service(state / S3_DIR, p["s3"], config.s3_internal_ports, env["AWS_ACCESS_KEY_ID"],
-                              env["AWS_SECRET_ACCESS_KEY"]),
+                              env["AWS_SECRET_ACCESS_KEY"], expose_on=BIND_ALL if config.expose else None),
         "prefect": Service(
-            "prefect", [_exe("prefect"), "server", "start", "--host", HOST, "--port", str(p["prefect"])],
+            "prefect", [_exe("prefect"), "server", "start", "--host", bind, "--port", str(p["prefect"])],
             p["prefect"], lambda: http_ok(f"http://{HOST}:{p['prefect']}/api/health"), env=prefect_env,
-            url=f"http://{HOST}:{p['prefect']}",
+            url=f"http://{bind}:{p['prefect']}",
         ),
         "worker": Service(
             "worker", [_exe("prefect"), "worker", "start", "--pool", config.work_pool, "--type", "process",
@@ -119,14 +156,48 @@ def services(config: StackConfig) -> dict[str, Service]:
             p["worker"], lambda: http_ok(f"http://{HOST}:{p['worker']}/health"), env=worker_env,
             url=f"work pool {config.work_pool!r}",
         ),
-        "mlflow": Service(
-            "mlflow", [_exe("mlflow"), "server", "--host", HOST, "--port", str(p["mlflow"]), "--workers", "1",
-                       "--backend-store-uri", postgres.url(p["postgres"], "mlflow"),
-                       "--serve-artifacts", "--artifacts-destination", f"s3://{config.mlflow_bucket}/artifacts"],
-            p["mlflow"], lambda: http_ok(f"http://{HOST}:{p['mlflow']}/health"), env=mlflow_env,
-            url=f"http://{HOST}:{p['mlflow']}",
-        ),
+        "mlflow": _mlflow(config, state, env, bind, given),
     }
+
+
+def _postgres(config: StackConfig, state: Path, bind: str, given: StackSecrets | None) -> Service:
+    """PostgreSQL; exposed, with SCRAM client rules and the password set just before it starts."""
+    data, user = state / "postgres", postgres.os_user(config.pg_os_user)
+    hba = data / postgres.EXPOSED_HBA if config.expose else None
+    svc = postgres.service(data, config.pg_bin_dir, config.postgres_port, user, durable=config.pg_durable,
+                           listen=bind, hba_file=hba)
+    if given:
+        def prepare() -> None:
+            postgres.write_exposed_hba(data, user)
+            postgres.set_password(data, config.pg_bin_dir, user, given.pg_password, log_file(state, "initdb"))
+
+        svc.prepare = prepare
+    return svc
+
+
+def _mlflow(config: StackConfig, state: Path, env: dict[str, str], bind: str, given: StackSecrets | None) -> Service:
+    """The MLflow server proxying artefacts to S3; exposed, MLflow's basic-auth app with its admin user."""
+    port = config.mlflow_port
+    argv = [_exe("mlflow"), "server", "--host", bind, "--port", str(port), "--workers", "1",
+            "--backend-store-uri", postgres.url(config.postgres_port, "mlflow"),
+            "--serve-artifacts", "--artifacts-destination", f"s3://{config.mlflow_bucket}/artifacts"]
+    mlflow_env = {k: env[k] for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                      "AWS_DEFAULT_REGION")}
+    mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if config.mlflow_jobs else "false"
+    prepare = None
+    if config.expose:
+        argv += ["--app-name", "basic-auth"]
+    if given:
+        folder = state / mlflow_auth.AUTH_DIR
+        flask_key = credentials(state)["flask_secret_key"]
+        mlflow_env.update(PGPASSWORD=given.pg_password, **mlflow_auth.server_env(folder, given, flask_key))
+
+        def prepare() -> None:
+            mlflow_auth.write_config(folder)
+            mlflow_auth.sync_admin(folder, given.mlflow_user, given.mlflow_password)
+
+    return Service("mlflow", argv, port, lambda: http_ok(f"http://{HOST}:{port}/health"), env=mlflow_env,
+                   url=f"http://{bind}:{port}", prepare=prepare)
 
 
 def _make_buckets(config: StackConfig) -> None:
@@ -135,7 +206,7 @@ def _make_buckets(config: StackConfig) -> None:
     from minio import Minio
     from minio.error import S3Error
 
-    env = client_env(config)
+    env = _base_env(config)
     client = Minio(f"{HOST}:{config.s3_port}", access_key=env["AWS_ACCESS_KEY_ID"],
                    secret_key=env["AWS_SECRET_ACCESS_KEY"], secure=False, region=env["AWS_DEFAULT_REGION"])
     deadline = time.monotonic() + config.start_timeout_s
@@ -156,16 +227,33 @@ def _make_buckets(config: StackConfig) -> None:
                 time.sleep(0.25)
 
 
-def _write_env(config: StackConfig) -> Path:
+def _write_env(config: StackConfig, given: StackSecrets | None) -> Path:
     state = config.state_dir.resolve()
     path = state / ENV_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
     with os.fdopen(fd, "w") as f:
         f.write("# Generated by 'groupdiff up': source this file to use the local stack.\n")
-        for key, value in client_env(config).items():
-            f.write(f"export {key}={value}\n")
+        for key, value in client_env(config, given).items():
+            f.write(f"export {key}={shlex.quote(value)}\n")
     (state / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
     return path
+
+
+def _refuse_mode_change(config: StackConfig) -> None:
+    """A running stack keeps how it was started: exposing it (or closing it) needs ``down`` first."""
+    state = config.state_dir.resolve()
+    path = state / CONFIG_FILE
+    alive = [name for name in ALL_SERVICES if running(state, name)]
+    if not alive or not path.exists():
+        return
+    was = bool(json.loads(path.read_text()).get("expose", False))
+    if was != config.expose:
+        how = "exposed (--expose)" if was else "on 127.0.0.1 only"
+        raise ServiceError(
+            f"the stack in {state} runs {how} ({', '.join(alive)}); run 'groupdiff down --state-dir {state}' "
+            f"before 'groupdiff up' {'without' if was else 'with'} --expose"
+        )
 
 
 def load_config(state_dir: Path | str = ".groupdiff-stack", **overrides) -> StackConfig:
@@ -176,14 +264,14 @@ def load_config(state_dir: Path | str = ".groupdiff-stack", **overrides) -> Stac
     return StackConfig.model_validate(data)
 
 
-def _start_one(name: str, svc: Service, config: StackConfig) -> bool:
+def _start_one(name: str, svc: Service, config: StackConfig, given: StackSecrets | None) -> bool:
     """Start one service and run its one-time setup (cluster init, databases, buckets)."""
     state = config.state_dir.resolve()
     if name == "postgres":
         postgres.init_cluster(state / "postgres", config.pg_bin_dir, svc.user, log_file(state, "initdb"))
     started = start(svc, state, config.start_timeout_s)
     if name == "postgres":
-        postgres.create_databases(config.postgres_port, DATABASES)
+        postgres.create_databases(config.postgres_port, DATABASES, password=given.pg_password if given else None)
     if name == "s3":
         _make_buckets(config)
     return started
@@ -193,11 +281,14 @@ def up(config: StackConfig, echo=print) -> dict[str, str]:
     """Start the selected services (skipping healthy ones), independent ones in parallel; returns addresses.
 
     On a failure the services this call started are stopped again and the first error propagates
-    (services waiting on a failed dependency report that same error).
+    (services waiting on a failed dependency report that same error). An exposed stack's credentials are
+    checked before anything starts (:class:`~infra.auth.CredentialsError` names what is missing).
     """
     state = config.state_dir.resolve()
+    given = stack_secrets(config)
+    _refuse_mode_change(config)
     state.mkdir(parents=True, exist_ok=True)
-    defs = services(config)
+    defs = services(config, given)
     started: list[str] = []
     errors: list[BaseException] = []
     t0 = time.monotonic()
@@ -207,7 +298,7 @@ def up(config: StackConfig, echo=print) -> dict[str, str]:
         for dep in REQUIRES[name]:
             if dep in futures:
                 futures[dep].result()  # raises if the dependency failed
-        return _start_one(name, defs[name], config)
+        return _start_one(name, defs[name], config, given)
 
     # each service starts as soon as what it REQUIRES is healthy (postgres and s3 at once, then prefect and
     # mlflow, the worker as soon as prefect answers)
@@ -228,7 +319,7 @@ def up(config: StackConfig, echo=print) -> dict[str, str]:
         for name in reversed(started):
             stop(name, state, config.stop_timeout_s, defs[name].stop_signal)
         raise errors[0]
-    env_path = _write_env(config)
+    env_path = _write_env(config, given)
     echo(f"client settings: source {env_path}")
     return {name: defs[name].url or "" for name in config.services}
 
@@ -284,8 +375,9 @@ def _what(name: str) -> str:
     return {
         "postgres": "PostgreSQL cluster: Prefect, MLflow and catalogue databases",
         S3_DIR: "SeaweedFS: every object of the artefact and MLflow buckets",
-        "prefect": "Prefect home", "logs": "service logs", "pids": "pid files",
-        CREDENTIALS_FILE: "generated S3 credentials", ENV_FILE: "client settings", CONFIG_FILE: "stack settings (ports)",
+        "prefect": "Prefect home", mlflow_auth.AUTH_DIR: "MLflow users and permissions (exposed stack)",
+        "logs": "service logs", "pids": "pid files", CREDENTIALS_FILE: "generated S3 credentials and CSRF key",
+        ENV_FILE: "client settings", CONFIG_FILE: "stack settings (ports)",
     }.get(name, "")
 
 

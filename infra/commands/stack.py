@@ -1,4 +1,5 @@
-"""``groupdiff up | down | status``: the local service stack (PostgreSQL, S3, Prefect, MLflow) on 127.0.0.1;
+"""``groupdiff up | down | status``: the local service stack (PostgreSQL, S3, Prefect, MLflow) on 127.0.0.1,
+or on every interface behind credentials with ``up --expose``;
 ``groupdiff check``: the records (catalogue, MLflow registry) against the object store.
 
 Thin hooks over ``infra.stack`` and ``registry.consistency``, imported inside the functions so that
@@ -23,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in SERVICES:
         up.add_argument(f"--{name}-port", type=int, default=None, help=f"port of {name}")
     up.add_argument("--start-timeout", type=float, default=None, help="seconds a service may take to become healthy")
+    up.add_argument("--expose", action="store_true",
+                    help="listen on 0.0.0.0 instead of 127.0.0.1 and require credentials everywhere: "
+                         "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, PREFECT_API_AUTH_STRING (user:password) "
+                         "and PGPASSWORD from the environment or --secrets-file")
+    up.add_argument("--secrets-file", default=None,
+                    help="file of NAME=VALUE lines with those credentials, mode 0600 (the environment wins)")
     up.set_defaults(func=run_up)
     down = sub.add_parser("down", help="stop every service of the local stack (its data stays)")
     _common(down)
@@ -54,6 +61,9 @@ def _config(args: argparse.Namespace):
     elif args.func is run_up:  # 'up' means the whole stack unless told otherwise; down/status use the last up's
         overrides["services"] = list(SERVICES)
     overrides["start_timeout_s"] = getattr(args, "start_timeout", None)
+    if args.func is run_up:  # exposed only when asked for, every time
+        overrides["expose"] = args.expose
+        overrides["secrets_file"] = args.secrets_file
     try:
         return load_config(args.state_dir, **overrides)
     except Exception as exc:  # pydantic ValidationError names the field and the bad value

@@ -102,6 +102,31 @@ def test_presigned_url_downloads_without_credentials(store, monkeypatch):
         assert response.read() == data
 
 
+def test_presigned_url_expires(stack_env):
+    """The lifetime is ObjectStoreConfig.presign_expiry_s (bounded: 1 s to S3's 7 days) and the S3 server enforces
+    it: the URL downloads before and is refused with 403 after."""
+    import time
+    import urllib.error
+
+    from pydantic import ValidationError
+
+    for bad in (0, 7 * 24 * 3600 + 1):
+        with pytest.raises(ValidationError, match="presign_expiry_s"):
+            ObjectStoreConfig(presign_expiry_s=bad)
+    store = open_store(f"s3://t-{uuid.uuid4().hex[:12]}", ObjectStoreConfig(presign_expiry_s=2))
+    data = os.urandom(1000)
+    store.put_bytes("samples/run1/eval1/grid.png", data)
+    signed = time.monotonic()
+    url = store.presigned_url("samples/run1/eval1/grid.png")  # the config's lifetime
+    assert "X-Amz-Expires=2&" in url
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.read() == data
+    time.sleep(max(0.0, signed + 3.5 - time.monotonic()))  # X-Amz-Date has whole seconds
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 403 and b"expired" in refused.value.read().lower()
+
+
 def test_multipart_round_trip_of_a_file_larger_than_the_part_size(store, tmp_path):
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(11 * MIB))  # 3 parts of 5 MiB
