@@ -1,36 +1,17 @@
 """VAE encode stage with a tiny random AutoencoderKL: stored latents equal a direct encode; restart; dataset."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from PIL import Image
-from safetensors.torch import save_file
 
 from groupdiff.data.config import DataConfig, VaeConfig
 from groupdiff.data.datasets import build_dataset
 from groupdiff.data.imagefolder import ImageFolderDataset
 from groupdiff.data.latents import build_vae, encode_latents
 from groupdiff.data.shards import shard_path
-
-TINY = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8,
-        "block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
-        "up_block_types": ["UpDecoderBlock2D"] * 2, "sample_size": 16}
-
-
-@pytest.fixture(scope="module")
-def tiny_vae_files(tmp_path_factory):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(**TINY).eval()
-    root = tmp_path_factory.mktemp("vae")
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(root / "vae.safetensors"))
-    (root / "config.json").write_text(json.dumps(TINY))
-    vae.save_pretrained(root / "folder")
-    return vae, root
-
 
 @pytest.fixture()
 def images(tmp_path):
@@ -49,8 +30,8 @@ def test_missing_weights_says_where(tmp_path):
         build_vae(VaeConfig())
 
 
-def test_latents_equal_direct_encode_and_restart(tiny_vae_files, images, tmp_path):
-    vae, root = tiny_vae_files
+def test_latents_equal_direct_encode_and_restart(tiny_vae, images, tmp_path):
+    vae, root = tiny_vae
     cfg = VaeConfig(weights=str(root / "vae.safetensors"), config_json=str(root / "config.json"), batch_size=3, shard_size=3)
     out = tmp_path / "lat"
     first = encode_latents(images, cfg, out)
@@ -74,10 +55,10 @@ def test_latents_equal_direct_encode_and_restart(tiny_vae_files, images, tmp_pat
                                        for i in range(len(ds))]), expected, atol=1e-5)
 
 
-def test_grayscale_dataset_rejected(tiny_vae_files, tmp_path):
+def test_grayscale_dataset_rejected(tiny_vae, tmp_path):
     from groupdiff.data.datasets import fmnist_dataset
 
-    vae, root = tiny_vae_files
+    vae, root = tiny_vae
     cfg = VaeConfig(weights=str(root / "vae.safetensors"), config_json=str(root / "config.json"))
     with pytest.raises(ValueError, match="3-channel"):
         encode_latents(fmnist_dataset("test", 16, 4), cfg, tmp_path / "x")
