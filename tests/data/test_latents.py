@@ -1,7 +1,6 @@
 """VAE encode stage with a tiny random AutoencoderKL: stored latents equal a direct encode; restart; dataset."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -12,6 +11,7 @@ from groupdiff.data.datasets import build_dataset
 from groupdiff.data.imagefolder import ImageFolderDataset
 from groupdiff.data.latents import build_vae, encode_latents
 from groupdiff.data.shards import shard_path
+
 
 @pytest.fixture()
 def images(tmp_path):
