@@ -73,3 +73,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory):
+    """(vae, folder): a random tiny AutoencoderKL and its files (:func:`tests.builders.save_tiny_vae`)."""
+    from tests.builders import save_tiny_vae
+
+    root = tmp_path_factory.mktemp("vae")
+    return save_tiny_vae(root), root

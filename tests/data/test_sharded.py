@@ -16,7 +16,7 @@ from groupdiff.data.ingest import ingest_images
 from groupdiff.data.remote import STORE_FACTORY_ENV
 from groupdiff.data.sharded import LABELS, MANIFEST, ShardedDataset
 
-from .conftest import write_image_folder
+from tests.builders import write_image_folder
 
 
 @pytest.fixture

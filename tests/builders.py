@@ -1,12 +1,11 @@
-"""Builders shared by the data tests: generated image folders (with a corrupt and a non-image file) and a tiny
-random SD-VAE-shaped ``AutoencoderKL`` saved to disk."""
+"""Builders shared by the data and training tests: generated image folders (with a corrupt and a non-image file)
+and a tiny random SD-VAE-shaped ``AutoencoderKL`` saved to disk."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -32,16 +31,14 @@ def write_image_folder(root: Path, classes=("bag", "coat", "shoe"), per_class: i
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_vae(tmp_path_factory):
-    """(vae, folder): a random tiny AutoencoderKL and its files (vae.safetensors + config.json, and a diffusers folder)."""
+def save_tiny_vae(root: Path):
+    """A random tiny AutoencoderKL written to ``root`` (vae.safetensors + config.json, and a diffusers folder)."""
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**TINY_VAE).eval()
-    root = tmp_path_factory.mktemp("vae")
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(root / "vae.safetensors"))
     (root / "config.json").write_text(json.dumps(TINY_VAE))
     vae.save_pretrained(root / "folder")
-    return vae, root
+    return vae
