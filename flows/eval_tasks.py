@@ -11,6 +11,7 @@ real-data floor (MLflow metrics ``floor.<name>``) and the classifier's test accu
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -206,6 +207,34 @@ def record_score(records: RecordsConfig, checkpoint: dict, samples: dict, score:
                           {"metrics": score["metrics"]})
 
 
+PROMOTION_PREFIX = "promote-"  # the Prefect global concurrency limit promote-<model> (1 slot) serialises promotions
+PROMOTION_LEASE_S = 60.0
+
+
+def promotion_limit(model_name: str) -> str:
+    """The name of the concurrency limit that serialises promotions of ``model_name`` (characters Prefect refuses
+    in a limit name replaced)."""
+    return PROMOTION_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", model_name)
+
+
+def promote_serialised(client, model_name: str, version: str, value: float, protocol: str, metric: str,
+                       interval: tuple[float, float] | None):
+    """:func:`registry.mlflow_registry.promote_if_better` holding the one slot of :func:`promotion_limit`: the
+    gate reads the champion, decides and moves the aliases as one step, so two registrations at once (flow runs
+    on any worker) cannot both see the same champion and leave the worse candidate holding the alias."""
+    from prefect.concurrency.sync import concurrency
+
+    from registry.mlflow_registry import promote_if_better
+
+    from .training import _ensure_limit
+
+    limit = promotion_limit(model_name)
+    _ensure_limit(limit, 1)
+    with concurrency(limit, occupy=1, lease_duration=PROMOTION_LEASE_S, strict=True):
+        return promote_if_better(client, model_name, version, value, protocol, metric=metric, lower_is_better=True,
+                                 interval=interval)
+
+
 @task(**task_options("register"))
 def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, checkpoint: dict, samples: dict,
                   score: dict, protocol: str, metric: str, model_name: str, parent_run_id: str | None) -> dict:
@@ -218,7 +247,6 @@ def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, 
     from registry.catalogue.models import Checkpoint
     from registry.catalogue.records import record_evaluation, record_model_version
     from registry.mlflow_model import log_groupdiff_model
-    from registry.mlflow_registry import promote_if_better
 
     rec = Records(records)
     value = score["metrics"][metric]
@@ -241,8 +269,7 @@ def register_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, 
         client.set_model_version_tag(model_name, version, "groupdiff.variant", checkpoint["variant"])
         client.set_model_version_tag(model_name, version, "groupdiff.samples", samples["uri"])
         client.set_model_version_tag(model_name, version, WEIGHTS_TAG, weights)
-        decision = promote_if_better(client, model_name, version, value, protocol, metric=metric, lower_is_better=True,
-                                     interval=interval)
+        decision = promote_serialised(client, model_name, version, value, protocol, metric, interval)
         client.set_tag(run_id, WEIGHTS_TAG, weights)
         client.set_tag(run_id, "promotion.decision", decision.decision)
         client.set_tag(run_id, "promotion.reason", decision.reason)

@@ -195,6 +195,36 @@ def _move_aliases(client: MlflowClient, name: str, version: str, decision: Decis
         client.set_registered_model_alias(name, CHALLENGER, version)
 
 
+def alias_problems(client: MlflowClient, name: str, metric: str, lower_is_better: bool = True) -> list[str]:
+    """What is inconsistent about the aliases of ``name`` (empty = consistent): versions but no champion, a
+    champion not tagged ``promoted``, a challenger that is the champion or not tagged ``rejected``, and any
+    version evaluated under the champion's protocol that :func:`beats` the champion (the gate would have
+    promoted it, so a race or a lost update left the alias behind)."""
+    versions = client.search_model_versions(f"name='{name}'")
+    champion = version_by_alias(client, name, CHAMPION)
+    if champion is None:
+        return [f"{len(versions)} versions of {name!r} but no {CHAMPION!r} alias"] if versions else []
+    problems = []
+    if champion.tags.get("promotion.decision") != "promoted":
+        problems.append(f"champion v{champion.version} has promotion.decision={champion.tags.get('promotion.decision')!r}")
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is not None and (str(challenger.version) == str(champion.version)
+                                   or challenger.tags.get("promotion.decision") != "rejected"):
+        problems.append(f"challenger v{challenger.version} (decision {challenger.tags.get('promotion.decision')!r}) "
+                        f"beside champion v{champion.version}")
+    raw = champion.tags.get(f"eval.{metric}")
+    if raw is None:
+        return problems + [f"champion v{champion.version} has no eval.{metric} tag"]
+    protocol, interval = champion.tags.get("eval.protocol_id"), recorded_interval(champion.tags, metric)
+    for v in versions:
+        score = v.tags.get(f"eval.{metric}")
+        if (str(v.version) != str(champion.version) and score is not None and v.tags.get("eval.protocol_id") == protocol
+                and beats(float(score), float(raw), interval, lower_is_better)):
+            problems.append(f"v{v.version} ({metric} {float(score):.6g}) beats champion v{champion.version} "
+                            f"({float(raw):.6g}) under protocol {protocol!r}")
+    return problems
+
+
 def log_dataset(client: MlflowClient, run_id: str, features, targets=None, source: str | None = None,
                 name: str | None = None, digest: str | None = None, context: str = "training"):
     """Record a numpy dataset as an input of ``run_id`` (``mlflow.data`` + ``log_inputs``); returns it."""

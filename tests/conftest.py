@@ -66,6 +66,30 @@ def stack_env(local_stack, monkeypatch):
     return env
 
 
+@pytest.fixture(scope="module")
+def stack_api(local_stack):
+    """The stack's client environment set for a module, and Prefect's settings pointed at its server (threads
+    started in the module need ``contextvars.copy_context()`` of the test's thread to see them)."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.stack import client_env
+
+    env = client_env(local_stack)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture
 def one_torch_thread():
     """Run a test with one torch thread (many small ops oversubscribe a shared CPU), restored after."""
