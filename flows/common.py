@@ -93,9 +93,20 @@ def stage_run(records, parent_run_id: str | None, name: str, params: Mapping[str
     client.set_terminated(run_id, "FINISHED")
 
 
+def cache_policy():
+    """The stage tasks' cache policy: :func:`digest_cache_key`, and identical tasks running at once serialised on
+    that key (``SERIALIZABLE``, :class:`flows.locks.FlockLockManager`): the second waits and is ``Cached``."""
+    from prefect.cache_policies import CacheKeyFnPolicy
+
+    from .locks import FlockLockManager
+
+    return CacheKeyFnPolicy(cache_key_fn=digest_cache_key).configure(lock_manager=FlockLockManager(),
+                                                                     isolation_level="SERIALIZABLE")
+
+
 def task_options(name: str) -> dict[str, Any]:
-    """The options every cached stage task shares (cache key, retries with backoff, persisted result)."""
-    return {"name": name, "cache_key_fn": digest_cache_key, "retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS,
+    """The options every cached stage task shares (cache policy, retries with backoff, persisted result)."""
+    return {"name": name, "cache_policy": cache_policy(), "retries": RETRIES, "retry_delay_seconds": RETRY_DELAYS,
             "retry_condition_fn": retry_on_io, "persist_result": True}
 
 
