@@ -6,12 +6,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= platform,test
 
-.PHONY: run test setup data clean bench
+.PHONY: run test setup data browser clean bench
 
 run: setup
 	$(VENV)/bin/groupdiff run --out outputs
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 setup: $(STAMP) data
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml requirements.lock
 # Built-in data: the Debian package dataset-fashion-mnist.
 data:
 	@bash infra/ensure-fmnist.sh
+
+# The browser the UI test drives (Debian package chromium; without one that test skips).
+browser:
+	@bash infra/ensure-chromium.sh
 
 bench: setup
 	for b in attention train sample mining; do $(PY) bench/$$b.py || exit 1; done

@@ -82,7 +82,7 @@ class FanoutParams(Section):
     stage: Stage = Field("sample", description="sample (class-balanced images, ADM .npz), embed (L2-normalised "
                          "embeddings) or encode-latents (SD-VAE latents).")
     out: str = Field(..., min_length=1, description="Output folder, seen by every worker (shared filesystem on a cluster).")
-    preset: str = Field("tiny-fmnist", min_length=1, description="Config preset (groupdiff/presets/<name>.yaml) or a YAML path.")
+    preset: str = Field("tiny-fmnist", min_length=1, description="Config preset NAME (groupdiff/presets/NAME.yaml, e.g. tiny-fmnist) or a YAML path.")
     overrides: list[str] = Field(default_factory=list, description="Config overrides 'section.field=value' "
                                  "(e.g. embed.shard_size=5000, data.vae.weights=/weights/sd-vae-ft-ema).")
     checkpoint: str = Field("", description="sample: checkpoint folder or training run directory (empty = random "

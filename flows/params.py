@@ -79,7 +79,7 @@ class EvalProtocolParams(Section):
 class PipelineParams(EvalProtocolParams):
     """One pipeline run: embed -> mine -> train each variant -> sample -> score -> register the better."""
 
-    preset: str = Field("tiny-fmnist", min_length=1, description="Config preset (groupdiff/presets/<name>.yaml) or a YAML path.")
+    preset: str = Field("tiny-fmnist", min_length=1, description="Config preset NAME (groupdiff/presets/NAME.yaml, e.g. tiny-fmnist) or a YAML path.")
     variants: list[Variant] = Field(
         default_factory=lambda: ["baseline", "groupdiff-l"], min_length=1, max_length=3,
         description="Training variants to train and compare (each becomes a registered model version).",
@@ -118,7 +118,7 @@ class PipelineParams(EvalProtocolParams):
                                          "(empty = one, at the end: the pipeline samples the last).")
     keep_checkpoints: int = Field(1, ge=1, le=1000, description="Checkpoints each training run keeps on disk (older "
                                   "ones are deleted; the pipeline needs only the last).")
-    init_from: str = Field("scratch", description="'scratch' or 'pretrained:<path>' (retrain-nightly passes the champion's weights).")
+    init_from: str = Field("scratch", description="'scratch' or 'pretrained:PATH' (retrain-nightly passes the champion's weights).")
     register_models: bool = Field(True, description="Register the trained models and promote the better one to 'champion'.")
     model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name in MLflow.")
     metric: Literal["fd_fmnist", "fid"] = Field("fd_fmnist", description="Score compared for promotion (lower is better).")
