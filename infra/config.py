@@ -73,6 +73,12 @@ class StackConfig(BaseModel):
         "MLFLOW_TRACKING_PASSWORD, PREFECT_API_AUTH_STRING, PGPASSWORD); must be readable by its owner only "
         "(mode 0600). Variables set in the environment win. Only its path is recorded, never its contents.",
     )
+    mlflow_auth_cache_s: int = Field(
+        300, ge=0, le=86400,
+        description="Exposed stack: seconds MLflow's basic-auth app remembers a verified user/password pair (its "
+        "auth_cache_ttl_seconds). Otherwise every request costs a password check of about 0.5 s of CPU (scrypt); "
+        "0 turns the cache off. 'up' sets the admin password before MLflow starts, so no stale one is cached.",
+    )
     pg_bin_dir: Path = Field(
         Path("/usr/lib/postgresql/15/bin"), description="Folder with initdb, postgres and pg_isready (Debian layout)."
     )

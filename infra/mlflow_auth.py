@@ -25,15 +25,16 @@ def database_uri(folder: Path) -> str:
     return f"sqlite:///{folder / 'basic_auth.db'}"
 
 
-def write_config(folder: Path) -> Path:
-    """Write ``basic_auth.ini`` (mode 0600) and return its path."""
+def write_config(folder: Path, cache_s: int) -> Path:
+    """Write ``basic_auth.ini`` (mode 0600; verified credentials cached ``cache_s`` seconds) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     path = folder / "basic_auth.ini"
     text = ("[mlflow]\n"
             f"default_permission = {DEFAULT_PERMISSION}\n"
             f"database_uri = {database_uri(folder)}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {cache_s}\n")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

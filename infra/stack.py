@@ -193,7 +193,7 @@ def _mlflow(config: StackConfig, state: Path, env: dict[str, str], bind: str, gi
         mlflow_env.update(PGPASSWORD=given.pg_password, **mlflow_auth.server_env(folder, given, flask_key))
 
         def prepare() -> None:
-            mlflow_auth.write_config(folder)
+            mlflow_auth.write_config(folder, config.mlflow_auth_cache_s)
             mlflow_auth.sync_admin(folder, given.mlflow_user, given.mlflow_password)
 
     return Service("mlflow", argv, port, lambda: http_ok(f"http://{HOST}:{port}/health"), env=mlflow_env,
