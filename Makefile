@@ -31,7 +31,8 @@ browser:
 	@bash infra/ensure-chromium.sh
 
 bench: setup
-	for b in attention train sample mining; do $(PY) bench/$$b.py || exit 1; done
+	$(PY) -m pip install -q -c requirements.lock -e ".[bench]"
+	for b in attention train sample mining data; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -19,6 +19,7 @@ A ``.npy`` shard of fixed-size rows is read at any index by offset, with numpy a
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,7 @@ class ShardedDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, limit: int = 0, cache_dir: str | Path | None = None):
         self.root = str(root).rstrip("/")
         self.remote = is_remote(self.root)
+        self._store_pid = os.getpid()
         if self.remote:
             self._store = open_remote(self.root)
             self.manifest = _remote_manifest(self._store, self.root)
@@ -189,8 +191,11 @@ class ShardedDataset(torch.utils.data.Dataset):
         self._maps: dict[int, np.ndarray] = {}
 
     def _file(self, name: str) -> Path:
-        if self._store is None:
+        if not self.remote:
             return self._local / name
+        if self._store is None or self._store_pid != os.getpid():
+            # a forked DataLoader worker must not share the parent's connection pool (its sockets)
+            self._store, self._store_pid = open_remote(self.root), os.getpid()
         expected = self.manifest.labels_sha256 if name == LABELS else next(
             s["sha256"] for s in self.manifest.shards if s["file"] == name)
 
@@ -238,11 +243,6 @@ class ShardedDataset(torch.utils.data.Dataset):
         state = dict(self.__dict__)
         state["_maps"], state["_store"] = {}, None
         return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self.remote:
-            self._store = open_remote(self.root)
 
 
 def _remote_manifest(store, root: str) -> ShardManifest:
