@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="", help="metrics JSON (default: metrics.json beside the samples)")
     parser.add_argument("--space", dest="spaces", action="append", choices=["inception", "fmnist"],
                         help="feature space (repeatable; default fmnist)")
-    parser.add_argument("--reference", default="", help="reference batch .npz (arr_0 and/or mu, sigma, mu_s, sigma_s)")
+    parser.add_argument("--reference", default="",
+                        help="reference batch .npz (arr_0 and/or mu, sigma, mu_s, sigma_s), or a pixel dataset version "
+                        "from `groupdiff ingest` (folder or s3://)")
     parser.add_argument("--inception-weights", default="", help="FID InceptionV3 weights file (path or file:// URI)")
     parser.add_argument("--classifier-weights", default="", help="built-in classifier .safetensors")
     defaults = {k: f.default for k, f in ScoreConfig.model_fields.items()}

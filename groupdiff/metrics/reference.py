@@ -113,7 +113,12 @@ def reference_from_images(
 
 
 def load_reference(path: str | Path, space: FeatureSpace, cache_dir: str | Path | None = None) -> ReferenceStats:
-    """Statistics of an ADM-style reference ``.npz`` (precomputed ``mu``/``sigma`` win; see module doc)."""
+    """Statistics of an ADM-style reference ``.npz`` (precomputed ``mu``/``sigma`` win; see module doc), or of
+    the images of a pixel dataset version written by ``groupdiff ingest`` (folder or ``s3://``)."""
+    from ..data.sharded import is_sharded
+
+    if is_sharded(path):
+        return reference_from_version(str(path), space, cache_dir)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference batch {str(path)!r} does not exist")
@@ -134,3 +139,16 @@ def load_reference(path: str | Path, space: FeatureSpace, cache_dir: str | Path 
         return computed
     # precomputed statistics are authoritative; keep our pool features for precision/recall
     return ReferenceStats(given.pool, given.spatial or None, computed.pool_features, computed.image_size)
+
+
+def reference_from_version(root: str, space: FeatureSpace, cache_dir: str | Path | None = None) -> ReferenceStats:
+    """Statistics of every image of a pixel dataset version (read through the dataset interface, cached by the
+    version's content digest)."""
+    from ..data.sharded import ShardedDataset
+
+    version = ShardedDataset(root)
+    if version.kind != "pixels":
+        raise ValueError(f"reference {root!r} holds {version.kind}; a reference needs images (a pixel version: "
+                         "`groupdiff ingest` without --encode latents)")
+    images = version.rows(np.arange(len(version))).transpose(0, 2, 3, 1)  # uint8 NCHW -> NHWC
+    return reference_from_images(np.ascontiguousarray(images), space, cache_dir, key=version.digest)

@@ -39,7 +39,8 @@ class ScoreConfig(Section):
     spaces: list[Literal["inception", "fmnist"]] = Field(
         default_factory=lambda: ["fmnist"], min_length=1, description="Feature spaces to score in."
     )
-    reference: str = Field("", description="ADM reference batch .npz (required for 'inception').")
+    reference: str = Field("", description="ADM reference batch .npz, or a pixel dataset version (folder or s3://) "
+                           "from `groupdiff ingest` (required for 'inception').")
     inception_weights: str = Field("", description="FID InceptionV3 weights (path or file:// URI).")
     classifier_weights: str = Field("", description="Built-in classifier .safetensors (for 'fmnist').")
     fmnist_reference_limit: int = Field(

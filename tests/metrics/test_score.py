@@ -93,6 +93,21 @@ def _cheap_inception(calls):
     return CallableSpace(name="inception", digest="cheap", fn=fn)
 
 
+def test_a_pixel_dataset_version_is_a_reference_like_the_npz_of_its_images(tmp_path):
+    from groupdiff.data.sharded import ShardWriter
+
+    images = np.random.default_rng(2).integers(0, 256, (12, 3, 4, 4), dtype=np.uint8)
+    writer = ShardWriter(tmp_path / "version", "pixels", (3, 4, 4), ["a", "b"], shard_size=5)
+    writer.add(images, np.arange(12) % 2)
+    writer.close({}, {})
+    np.savez(tmp_path / "ref.npz", arr_0=images.transpose(0, 2, 3, 1))
+    space = _cheap_inception([])
+    from_version, from_npz = load_reference(tmp_path / "version", space), load_reference(tmp_path / "ref.npz", space)
+    np.testing.assert_array_equal(from_version.pool_features, from_npz.pool_features)
+    np.testing.assert_array_equal(from_version.pool.sigma, from_npz.pool.sigma)
+    assert from_version.image_size == (4, 4)
+
+
 def test_adm_reference_batch_precomputed_statistics_win_and_cache(tmp_path):
     rng = np.random.default_rng(0)
     ref_images = rng.integers(0, 256, (30, 4, 4, 1), dtype=np.uint8)
