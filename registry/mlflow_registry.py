@@ -100,6 +100,11 @@ def promote_if_better(client: MlflowClient, name: str, version: str | int, score
     Champion evaluated under another protocol -> ``incomparable`` (no change). Not better -> ``rejected``
     and the candidate becomes ``challenger``. The comparison and its inputs are written as tags on the
     candidate.
+
+    The alias move is the one write that changes who is champion: before it only the candidate's evaluation
+    tags are written, after it its decision tags and the old champion's ``champion.replaced_by``. A failure
+    part-way (MLflow unreachable) therefore never leaves a version tagged ``promoted`` without the alias, nor a
+    champion tagged as replaced.
     """
     require_registered_model(client, name)
     version = str(version)
@@ -109,8 +114,11 @@ def promote_if_better(client: MlflowClient, name: str, version: str | int, score
     champion = version_by_alias(client, name, CHAMPION)
     decision = _decide(champion, version, score, protocol_id, metric, lower_is_better)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    _move_aliases(client, name, version, decision)
     _tag_decision(client, name, version, decision, interval, protocol_id, metric, lower_is_better, when)
-    _move_aliases(client, name, version, decision, champion, when)
+    if decision.decision == "promoted" and champion is not None and decision.champion_version != version:
+        client.set_model_version_tag(name, champion.version, "champion.replaced_by", version)
+        client.set_model_version_tag(name, champion.version, "champion.replaced_time", when)
     return decision
 
 
@@ -180,13 +188,10 @@ def _tag_decision(client: MlflowClient, name: str, version: str, decision: Decis
         client.set_model_version_tag(name, version, key, value)
 
 
-def _move_aliases(client: MlflowClient, name: str, version: str, decision: Decision, champion, when: str) -> None:
-    """Promoted: the candidate becomes champion (the old one is tagged as replaced; a challenger alias on the
-    candidate is dropped). Rejected: the candidate becomes challenger. Incomparable: nothing moves."""
+def _move_aliases(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
+    """Promoted: the candidate becomes champion (a challenger alias on the candidate is dropped first).
+    Rejected: the candidate becomes challenger. Incomparable: nothing moves."""
     if decision.decision == "promoted":
-        if champion is not None and decision.champion_version != version:
-            client.set_model_version_tag(name, champion.version, "champion.replaced_by", version)
-            client.set_model_version_tag(name, champion.version, "champion.replaced_time", when)
         challenger = version_by_alias(client, name, CHALLENGER)
         if challenger is not None and str(challenger.version) == version:
             client.delete_registered_model_alias(name, CHALLENGER)
