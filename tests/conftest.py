@@ -11,21 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from infra.process import free_stack_ports  # noqa: F401  (tests/infra/test_stack.py imports it from here)
+
 log = logging.getLogger("groupdiff.stack")
-
-
-def free_stack_ports() -> dict:
-    """StackConfig port fields, every one a free port of 127.0.0.1 (SeaweedFS's internal ones included), so
-    concurrent stacks (sessions, tests that start their own) never collide."""
-    from infra.config import SeaweedPorts
-    from infra.process import free_ports
-
-    services = ("postgres", "s3", "prefect", "worker", "mlflow")
-    internal = tuple(SeaweedPorts.model_fields)
-    picked = free_ports(len(services) + len(internal))
-    ports: dict = {f"{n}_port": port for n, port in zip(services, picked)}
-    ports["s3_internal_ports"] = SeaweedPorts(**dict(zip(internal, picked[len(services):])))
-    return ports
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +94,15 @@ def tiny_vae(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("vae")
     return save_tiny_vae(root), root
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory):
+    """torch-fidelity's InceptionV3 built with random init, its state dict saved to a file (tests only; never
+    the real network)."""
+    from groupdiff.metrics.inception import random_inception_extractor
+
+    net = random_inception_extractor(seed=0)
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    torch.save(net.state_dict(), path)
+    return path
