@@ -94,17 +94,26 @@ def already_published(records: Records, prefix: str) -> dict | None:
 
 @task(name="dataset", retries=2, retry_delay_seconds=[2, 4])
 def dataset_task(config: GroupDiffConfig, records: RecordsConfig) -> dict:
-    """The dataset's content digest (never cached: new data means a new digest) recorded in the catalogue."""
+    """The dataset's content digest (never cached: new data means a new digest) recorded in the catalogue; a
+    dataset version of ``groupdiff ingest`` (same content digest) is its own row (name, version, URI)."""
+    from sqlalchemy import select
+
     from groupdiff.data.datasets import build_dataset
+    from registry.catalogue.models import Dataset
     from registry.catalogue.records import record_dataset
 
     dataset = build_dataset(config.data)
     rec = Records(records)
     name = f"{config.data.dataset}-{config.data.split}"
     uri = f"builtin://{name}" if config.data.dataset == "fmnist" else config.data.root
+    version = None
     with rec.catalogue.begin() as session:
-        record_dataset(session, name, dataset.digest, uri, data_digest_inputs(config))
-    return {"digest": dataset.digest, "name": name, "uri": uri, "num_items": len(dataset)}
+        row = session.scalar(select(Dataset).where(Dataset.digest == dataset.digest))
+        if row is not None and row.version is not None:
+            name, uri, version = row.name, row.uri, row.version
+        else:
+            record_dataset(session, name, dataset.digest, uri, data_digest_inputs(config))
+    return {"digest": dataset.digest, "name": name, "uri": uri, "num_items": len(dataset), "version": version}
 
 
 @task(**task_options("classifier"))
@@ -217,7 +226,10 @@ def mine_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, embe
 
 def data_digests(config: GroupDiffConfig, dataset_digest: str) -> dict[str, str]:
     """Digests of the classifier, embed and mine stages of ``config`` over the dataset ``dataset_digest``."""
-    clf = stage_digest("classifier", image_size=config.data.image_size, config=config.embed.classifier.model_dump())
+    # the built-in classifier trains on Fashion-MNIST whatever the data; the data space's on the dataset itself
+    own = {"dataset": dataset_digest} if config.data.dataset != "fmnist" else {}
+    clf = stage_digest("classifier", image_size=config.data.image_size, config=config.embed.classifier.model_dump(),
+                       **own)
     embed_cfg = config.embed.model_dump(exclude={"batch_size", "device", "classifier", "weights"})
     embed = stage_digest("embed", dataset=dataset_digest, config=embed_cfg,
                          classifier=clf if config.embed.encoder == "classifier" else None,

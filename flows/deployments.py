@@ -1,4 +1,5 @@
-"""The deployments: ``groupdiff-pipeline``, ``retrain-nightly`` (cron), ``evaluate-model``, ``study`` and ``fanout``.
+"""The deployments: ``groupdiff-pipeline``, ``retrain-nightly`` (cron), ``evaluate-model``, ``study``, ``fanout`` and
+``ingest``.
 
 Two ways to run them (both documented in the README, "Running on the platform"):
 
@@ -32,6 +33,8 @@ DEPLOYMENTS = {
     "study": ("flows.study.study", "grid of pipeline arms (N, grouping, variant, cfg sweep) with one comparison", None),
     "fanout": ("flows.fanout.fanout",
                "sample / embed / encode latents of a large set in shards on a Dask cluster (local or an address)", None),
+    "ingest": ("flows.ingest.ingest",
+               "an image folder or tar of class folders -> a dataset version (object store + catalogue)", None),
 }
 
 

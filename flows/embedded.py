@@ -108,8 +108,9 @@ def summary(result: dict, params, out: Path, seconds: float, times: list[tuple[s
         lines.append(f"No version was promoted: none beat the existing champion of '{params.model_name}' beyond its "
                      f"{params.fd_interval:.0%} bootstrap interval of {result['metric']} under the same protocol.")
     if grids:
-        lines += ["", "Sample grids (one row per class: T-shirt, trouser, pullover, dress, coat, sandal, shirt, "
-                  "sneaker, bag, ankle boot): " + ", ".join(str(g) for g in grids)]
+        classes = ("the dataset's classes in order" if params.dataset else "T-shirt, trouser, pullover, dress, coat, "
+                   "sandal, shirt, sneaker, bag, ankle boot")
+        lines += ["", f"Sample grids (one row per class: {classes}): " + ", ".join(str(g) for g in grids)]
     if times:
         lines += ["", "Wall time per stage (stages run side by side where they can):"]
         lines += [f"  {name:<40} {secs:7.1f} s" for name, secs in times]
@@ -151,7 +152,13 @@ def run_embedded(preset: str, overrides: list[str], out: str | Path) -> int:
     from .params import PipelineParams
 
     params = PipelineParams(preset=preset, overrides=preset_overrides, **settings)
-    params.validate_configs()  # bad settings fail before anything is written
+    if params.dataset:  # a version ingested with `groupdiff ingest --out OUT`: resolved in OUT's catalogue
+        from .datasets import resolve_params
+        from .records import RecordsConfig
+
+        resolve_params(params, RecordsConfig(out=str(out), use_env=False)).validate_configs()
+    else:
+        params.validate_configs()  # bad settings fail before anything is written
     from .pipeline import pipeline
 
     # one training slot per core: the variants train side by side with params.threads threads each

@@ -1,5 +1,7 @@
 """Flows on registered models: ``retrain-nightly`` (resume from the champion with the latest data, evaluate
-under the same protocol, promote only if better) and ``evaluate-model`` (score one registered version)."""
+under the same protocol, promote only if better; with a dataset, on its newest version, and skipped, recorded,
+when neither the data nor the code changed since the champion was trained) and ``evaluate-model`` (score one
+registered version)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,16 +47,72 @@ def fetch_version_checkpoint(rec: Records, mv) -> tuple[Path, dict[str, str]]:
     return folder, dict(tags)
 
 
+def newest_dataset(params: PipelineParams, records: RecordsConfig) -> tuple[PipelineParams, dict | None]:
+    """``params`` pinned to the newest version of its dataset (whatever version it named) and that version
+    (:func:`registry.datasets.describe`); without a dataset, ``params`` and None."""
+    from registry.datasets import parse_spec
+
+    from .datasets import find_version
+
+    if not params.dataset:
+        return params, None
+    newest = find_version(records, parse_spec(params.dataset)[0])
+    return PipelineParams.model_validate({**params.model_dump(), "dataset": newest["spec"]}), newest
+
+
+RESUMED_FROM_TAG = "groupdiff.resumed_from"  # on a version retrain-nightly trained from the champion: its version
+
+
+def unchanged_since(rec: Records, model_name: str, champion, newest: dict) -> str | None:
+    """Why retraining the champion would change nothing (None when the data or the code changed): it was trained
+    on the newest version's content with this code version, or it was already retrained on them (a version
+    resumed from it carries both; rejected, it is the challenger). Read from the registration tags."""
+    from .datasets import CODE_VERSION_TAG, DATASET_DIGEST_TAG, code_version
+
+    code = code_version()
+
+    def same(version) -> bool:
+        return version.tags.get(DATASET_DIGEST_TAG) == newest["digest"] and version.tags.get(CODE_VERSION_TAG) == code
+
+    what = f"{newest['spec']} (digest {newest['digest']}) with code {code}"
+    if same(champion):
+        return f"champion v{champion.version} was trained on {what}: neither the data nor the code changed"
+    tried = [v for v in rec.mlflow.search_model_versions(f"name='{model_name}'")
+             if v.tags.get(RESUMED_FROM_TAG) == str(champion.version) and same(v)]
+    if tried:
+        return (f"champion v{champion.version} was already retrained on {what} (v{tried[0].version}, "
+                f"{tried[0].tags.get('promotion.decision', 'not registered')}): neither the data nor the code changed")
+    return None
+
+
+def record_skip(rec: Records, params: PipelineParams, champion, newest: dict, reason: str) -> dict[str, Any]:
+    """A skipped retraining, recorded: an MLflow run (tags ``retrain.decision`` = skipped, ``retrain.reason``), a
+    log line and a Prefect artifact; returns the flow's result."""
+    from .common import stage_run
+
+    tags = {"retrain.decision": "skipped", "retrain.reason": reason, "retrain.dataset": newest["spec"],
+            "retrain.champion_version": str(champion.version)}
+    with stage_run(rec, None, "retrain-nightly-skipped", tags=tags) as run_id:
+        pass
+    get_run_logger().info("retrain-nightly skipped: %s (MLflow run %s)", reason, run_id)
+    create_markdown_artifact(f"# retrain-nightly skipped\n\n{reason}.\n", key="retrain-nightly")
+    return {"skipped": True, "reason": reason, "dataset": newest, "previous_champion": str(champion.version),
+            "mlflow_run_id": run_id}
+
+
 @flow(name="retrain-nightly", log_prints=True)
 def retrain_nightly(params: PipelineParams = PipelineParams(), records: RecordsConfig | None = None) -> dict[str, Any]:
     """Fine-tune the current champion on the latest data (its variant, ``params.train_steps`` more steps),
     evaluate it under the pipeline's protocol and promote it only if it beats the champion. With no
-    champion yet this is the plain pipeline."""
+    champion yet this is the plain pipeline. With ``params.dataset`` the data is the newest version of that
+    dataset, and the run is skipped (recorded) when neither it nor the code changed since the champion."""
+    from .datasets import resolve_params
     from .pipeline import pipeline
 
     records = (records or RecordsConfig.from_env()).resolved()
     rec = Records(records)
-    params.validate_configs()
+    params, newest = newest_dataset(params, records)
+    resolve_params(params, records).validate_configs()
     from registry.mlflow_registry import CHAMPION, version_by_alias
 
     try:
@@ -64,13 +122,19 @@ def retrain_nightly(params: PipelineParams = PipelineParams(), records: RecordsC
     if champion is None:
         get_run_logger().info("no champion of %r yet: running the pipeline from scratch", params.model_name)
         return pipeline(params=params, records=records)
+    if newest is not None and (reason := unchanged_since(rec, params.model_name, champion, newest)):
+        return record_skip(rec, params, champion, newest, reason)
     folder, tags = fetch_version_checkpoint(rec, champion)
     variant = tags.get("groupdiff.variant", "baseline")
     resumed = PipelineParams.model_validate({**params.model_dump(), "variants": [variant],
                                              "init_from": f"pretrained:{CheckpointDir(folder).ema_file}"})
-    get_run_logger().info("resuming champion v%s (%s) from %s", champion.version, variant, folder)
+    get_run_logger().info("resuming champion v%s (%s) from %s%s", champion.version, variant, folder,
+                          f" on {newest['spec']}" if newest else "")
     result = pipeline(params=resumed, records=records)
     result["previous_champion"] = str(champion.version)
+    for row in result["rows"]:
+        if row.get("version"):
+            rec.mlflow.set_model_version_tag(params.model_name, row["version"], RESUMED_FROM_TAG, str(champion.version))
     _record_parent(rec, [r["checkpoint"] for r in result["rows"]], tags["groupdiff.checkpoint_digest"])
     return result
 

@@ -7,12 +7,13 @@ from the preset, overridden with ``overrides`` (``section.field=value``).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from groupdiff.config import GroupDiffConfig, load_preset, parse_overrides
 from groupdiff.config_base import Section
+from groupdiff.data.config import IngestConfig
 from groupdiff.metrics.score import ScoreConfig
 from groupdiff.weights import DEFAULT_WEIGHTS, WEIGHTS_DESCRIPTION, Weights
 
@@ -92,7 +93,8 @@ class PipelineParams(EvalProtocolParams):
                                    "(empty = the preset's train.group_size).")
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="Cosine similarity threshold tau for a "
                                     "neighbour to count, similarity mode (empty = the preset's mine.tau).")
-    data_limit: int = Field(6000, ge=0, le=10_000_000, description="Train on the first N images (0 = whole split).")
+    data_limit: int = Field(6000, ge=0, le=10_000_000, description="Train on the first N images (0 = whole split; a "
+                            "dataset version is used whole).")
     train_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimizer steps per training run "
                                     "(empty = the preset's train.steps).")
     batch_images: int | None = Field(None, ge=1, le=1_000_000, description="Images per optimizer step, a multiple "
@@ -121,13 +123,19 @@ class PipelineParams(EvalProtocolParams):
     init_from: str = Field("scratch", description="'scratch' or 'pretrained:PATH' (retrain-nightly passes the champion's weights).")
     register_models: bool = Field(True, description="Register the trained models and promote the better one to 'champion'.")
     model_name: str = Field("groupdiff", min_length=1, max_length=256, description="Registered model name in MLflow.")
-    metric: Literal["fd_fmnist", "fid"] = Field("fd_fmnist", description="Score compared for promotion (lower is better).")
+    metric: Literal["fd_fmnist", "fd_data", "fid"] = Field(
+        "fd_fmnist", description="Score compared for promotion (lower is better): fd_fmnist on the built-in data; "
+        "fd_data (the default with a dataset) in the features of a small classifier trained on the dataset version.")
+    dataset: str = Field("", description="A dataset version from `groupdiff ingest`: 'name', 'name@latest' or "
+                         "'name@N'; empty = the built-in data")
+    _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # config settings of the resolved dataset version
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineParams":
         self._fill_from_preset()
-        groups = 10 * self.group_size
-        if self.num_samples % groups:
+        self._check_metric()
+        groups = 10 * self.group_size  # a dataset version's class count is checked once resolved (validate_configs)
+        if not self.dataset and self.num_samples % groups:
             raise ValueError(f"num_samples={self.num_samples} must be a multiple of 10 classes x group_size "
                              f"{self.group_size} = {groups} (class-balanced groups)")
         if self.batch_images % self.group_size:
@@ -135,6 +143,23 @@ class PipelineParams(EvalProtocolParams):
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants {self.variants} holds a duplicate")
         return self
+
+    def _check_metric(self) -> None:
+        """fd_data goes with a dataset (its default there), fd_fmnist with the built-in data."""
+        if self.dataset and self.metric == "fd_fmnist" and "metric" not in self.model_fields_set:
+            object.__setattr__(self, "metric", "fd_data")
+        if self.dataset and self.metric != "fd_data":
+            raise ValueError(f"metric={self.metric!r} with dataset={self.dataset!r}: a dataset version is scored in "
+                             "the features of a classifier trained on it; use metric='fd_data'")
+        if not self.dataset and self.metric == "fd_data":
+            raise ValueError("metric='fd_data' needs a dataset (pipeline.dataset); the built-in data uses fd_fmnist")
+
+    def with_dataset(self, spec: str, settings: dict[str, Any]) -> "PipelineParams":
+        """A copy pinned to the resolved dataset version ``spec`` ('name@N') whose configs take ``settings``
+        (``data.*`` and the model's shape from the version; the user's ``overrides`` still win)."""
+        pinned = self.model_copy(update={"dataset": spec})
+        pinned._data = dict(settings)
+        return pinned
 
     def _fill_from_preset(self) -> None:
         """Empty fields take the preset's value (``PRESET_FIELDS``), so each of these numbers has one source:
@@ -169,7 +194,7 @@ class PipelineParams(EvalProtocolParams):
             "train.checkpoint_every": self.checkpoint_every or steps, "train.keep_last": self.keep_checkpoints,
             "train.num_threads": self.threads, "train.init_from": self.init_from, "train.probe_every": self.probe_every,
             **self.protocol_overrides(), "sampler.seed": self.seed,
-            "guidance.mode": mode, "guidance.group_size": n,
+            "guidance.mode": mode, "guidance.group_size": n, **self._data,
         }
         try:  # typed values as they are; only the user's text overrides are parsed (and win)
             return load_preset(self.preset, {**settings, **parse_overrides(self.overrides)})
@@ -184,9 +209,17 @@ class PipelineParams(EvalProtocolParams):
         """Every variant's config, built up front so bad parameters fail before any work starts."""
         from groupdiff.train.trainer import validate
 
+        if self.dataset and not self._data:
+            raise ValueError(f"dataset={self.dataset!r} is not resolved yet: the pipeline resolves it in the catalogue "
+                             "(flows.datasets.resolve_params) before building configs")
         configs = {v: self.config(v) for v in self.variants}
         for config in configs.values():
             validate(config, self.world_size)
+            groups = config.model.num_classes * self.group_size
+            if self.num_samples % groups:
+                raise ValueError(f"num_samples={self.num_samples} must be a multiple of model.num_classes="
+                                 f"{config.model.num_classes} x group_size {self.group_size} = {groups} "
+                                 "(class-balanced groups)")
         return configs
 
 
@@ -222,3 +255,24 @@ class StudyParams(Section):
         if bad:
             raise ValueError(f"cfg_scales {bad} outside [0, 50]")
         return self
+
+
+class IngestParams(IngestConfig):
+    """One ingest: where the images are, the dataset's name, and how they are stored (IngestConfig's fields)."""
+
+    src: str = Field(..., min_length=1, description="Image folder (SRC/<class>/<image>) or a tar (.tar, .tar.gz, "
+                     ".tgz) of class folders: a path on the machine the flow runs on.")
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+                      description="Dataset name: versions are numbered per name (letters, digits, '_', '-', '.').")
+    vae: str = Field("", description="SD-VAE weights for encode='latents': a local path (diffusers folder or one "
+                     ".safetensors file) or an s3:// URI of one (fetched to a temporary folder first).")
+
+    @model_validator(mode="after")
+    def _check_vae(self) -> "IngestParams":
+        if self.encode == "latents" and not self.vae:
+            raise ValueError("encode='latents' needs vae: the SD-VAE weights (local path or s3:// URI)")
+        return self
+
+    def ingest_config(self) -> IngestConfig:
+        """The library's ingest settings."""
+        return IngestConfig(**self.model_dump(include=set(IngestConfig.model_fields)))

@@ -17,7 +17,9 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from groupdiff.config import GroupDiffConfig
 
 from .common import log_params, stage_digest
+from .data_space import data_classifier_task, data_score_task
 from .data_tasks import classifier_task, data_digests, dataset_task, embed_task, mine_task
+from .datasets import DATASET_TAG, resolve_params, tag_model_version
 from .eval_tasks import protocol_id, record_score, register_task, sample_task, score_task
 from .params import PipelineParams
 from .records import Records, RecordsConfig
@@ -133,7 +135,9 @@ def _data_stages(params: PipelineParams, base: GroupDiffConfig, records: Records
     Returns the dataset, the stage digests, the classifier's future and the group table (or None)."""
     dataset = dataset_task(base, records)
     digests = data_digests(base, dataset["digest"])
-    classifier = classifier_task.submit(base, records, digests["classifier"], parent_id)
+    own_space = base.data.dataset != "fmnist"  # scored in the data space (flows.data_space), not fd_fmnist
+    classifier = (data_classifier_task if own_space else classifier_task).submit(base, records, digests["classifier"],
+                                                                                 parent_id)
     groups = None
     if any(v != "baseline" for v in params.variants):
         embeddings = embed_task(base, records, digests["embed"], dataset, parent_id,
@@ -148,6 +152,7 @@ def _submit_chains(params: PipelineParams, configs: dict[str, GroupDiffConfig], 
     of this flow; training is a subprocess), as far as the pool's training slots allow
     (``records.training_slots``), so one variant samples while another still trains."""
     chains = []
+    scorer = data_score_task if params.dataset else score_task
     for variant, config in configs.items():
         tdig = train_digest(config, dataset["digest"], groups["digest"] if groups else None)
         checkpoint_f = train_task.with_options(task_run_name=f"train-{variant}").submit(
@@ -157,7 +162,7 @@ def _submit_chains(params: PipelineParams, configs: dict[str, GroupDiffConfig], 
             config, records, sdig, checkpoint_f, params.num_samples, parent_id, params.threads,
             params.sample_batch_images, params.weights)
         cdig = score_digest(sdig, digests["classifier"], params)
-        score_f = score_task.with_options(task_run_name=f"score-{variant}").submit(
+        score_f = scorer.with_options(task_run_name=f"score-{variant}").submit(
             records, cdig, samples_f, classifier, params.reference_limit, parent_id, params.fd_bootstrap,
             params.fd_interval)
         chains.append((variant, config, checkpoint_f, samples_f, score_f))
@@ -180,16 +185,60 @@ def _collect_rows(params: PipelineParams, records: RecordsConfig, chains: list[t
 
 
 def _register(params: PipelineParams, rec: Records, records: RecordsConfig, rows: list[dict], protocol: str,
-              parent_id: str, progress: StageProgress) -> None:
+              parent_id: str, progress: StageProgress, dataset: dict) -> None:
     """Register every row, best first, each through the promotion gate (called only after every evaluation
-    succeeded: a failing stage leaves the registry untouched)."""
+    succeeded: a failing stage leaves the registry untouched), tagged with its dataset and code version."""
     for row in sorted(rows, key=lambda r: r["metrics"][params.metric]):
         rdig = stage_digest("register", score=row["score"]["digest"], checkpoint=row["checkpoint"]["digest"],
                             model=params.model_name, mlflow=rec.config.mlflow_uri, protocol=protocol)
         reg = register_task(row["config"], records, rdig, row["checkpoint"], row["samples"], row["score"],
                             protocol, params.metric, params.model_name, parent_id)
         row.update(version=reg["version"], decision=reg["decision"], reason=reg["reason"])
+        tag_model_version(rec, params.model_name, reg["version"], dataset)
         progress.advance()
+
+
+def rescore_champion(params: PipelineParams, rec: Records, records: RecordsConfig, classifier: dict, digests: dict,
+                     protocol: str, parent_id: str) -> dict | None:
+    """On a dataset version, the champion trained on an earlier version of the same dataset is sampled and scored
+    under this run's protocol (the data space changes with the version) and its evaluation tags are rewritten by
+    the gate (it stays champion), so this run's candidates are compared with it instead of being 'incomparable'.
+    Returns the champion's new score, or None when there is nothing to re-score."""
+    from registry.mlflow_registry import CHAMPION, version_by_alias
+
+    from .eval_tasks import promote_serialised
+
+    if not (params.dataset and params.register_models):
+        return None
+    try:
+        champion = version_by_alias(rec.mlflow, params.model_name, CHAMPION)
+    except Exception:  # no registered model yet
+        return None
+    name = params.dataset.split("@")[0]
+    if champion is None or champion.tags.get("eval.protocol_id") == protocol \
+            or champion.tags.get(DATASET_TAG, "").split("@")[0] != name:
+        return None
+    tags, variant = champion.tags, champion.tags.get("groupdiff.variant", "baseline")
+    run, step = tags["groupdiff.checkpoint_run"], int(tags["groupdiff.checkpoint_step"])
+    checkpoint = {"run": run, "step": step, "digest": tags["groupdiff.checkpoint_digest"], "variant": variant,
+                  "path": str(rec.work("checkpoints", run, f"{step:08d}")), "uri": tags.get("groupdiff.checkpoint", "")}
+    config = params.config(variant)
+    sdig = sample_digest(config, checkpoint["digest"], params.num_samples, params.sample_batch_images, params.weights)
+    samples = sample_task.with_options(task_run_name="sample-champion")(
+        config, records, sdig, checkpoint, params.num_samples, parent_id, params.threads, params.sample_batch_images,
+        params.weights)
+    score = data_score_task.with_options(task_run_name="score-champion")(
+        records, score_digest(sdig, digests["classifier"], params), samples, classifier, params.reference_limit,
+        parent_id, params.fd_bootstrap, params.fd_interval)
+    record_score(records, checkpoint, samples, score, protocol, params.metric)
+    metrics = score["metrics"]
+    low, high = metrics.get(f"{params.metric}_ci_low"), metrics.get(f"{params.metric}_ci_high")
+    promote_serialised(rec.mlflow, params.model_name, str(champion.version), metrics[params.metric], protocol,
+                       params.metric, (low, high) if low is not None and high is not None else None)
+    rec.mlflow.set_model_version_tag(params.model_name, champion.version, "eval.rescored_on", params.dataset)
+    get_run_logger().info("champion v%s re-scored on %s: %s %.4g", champion.version, params.dataset, params.metric,
+                          metrics[params.metric])
+    return {"version": str(champion.version), "metrics": metrics}
 
 
 def _publish_summary(rec: Records, params: PipelineParams, rows: list[dict], parent_id: str, protocol: str) -> None:
@@ -226,6 +275,7 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
 
     log = get_run_logger()
     records = (records or RecordsConfig.from_env()).resolved()
+    params = resolve_params(params, records)  # a dataset version: pinned ('name@N') and its config settings
     configs = params.validate_configs()  # every error before any work
     if params.threads:  # this flow's process runs the classifier, embedding, sampling and scoring
         import torch
@@ -246,12 +296,14 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
         classifier.result()
         progress.advance()
         rows = _collect_rows(params, records, chains, protocol, progress)
+        rescored = rescore_champion(params, rec, records, classifier.result(), digests, protocol, parent_id)
         if params.register_models:
-            _register(params, rec, records, rows, protocol, parent_id, progress)
+            _register(params, rec, records, rows, protocol, parent_id, progress, dataset)
         _publish_summary(rec, params, rows, parent_id, protocol)
     except BaseException:
         rec.mlflow.set_terminated(parent_id, "FAILED")
         raise
     rec.mlflow.set_terminated(parent_id, "FINISHED")
     log.info("\n%s", metrics_table(rows, params.metric))
-    return _result(params, records, rows, protocol, parent_id, str(flow_run.get_id()))
+    return {**_result(params, records, rows, protocol, parent_id, str(flow_run.get_id())),
+            "dataset": dataset, "champion_rescored": rescored}

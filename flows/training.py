@@ -164,7 +164,7 @@ def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dat
     folder = rec.work("checkpoints", run, f"{config.train.steps:08d}")
     done = already_published(rec, prefix)
     if done is None:
-        done = _train_and_publish(rec, config, digest, run, prefix, folder, groups, parent_run_id, world_size)
+        done = _train_and_publish(rec, config, digest, run, prefix, folder, groups, parent_run_id, world_size, dataset)
     else:
         fetch(rec, prefix, folder)
     assert (folder / MANIFEST).is_file()
@@ -174,14 +174,16 @@ def train_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, dat
 
 
 def _train_and_publish(rec: Records, config: GroupDiffConfig, digest: str, run: str, prefix: str, folder: Path,
-                       groups: dict | None, parent_run_id: str | None, world_size: int) -> dict:
-    """Train inside the pool's training-slot limit (a nested MLflow run), copy the last checkpoint's files to
-    ``folder`` and publish it under ``prefix``; returns the published record.
+                       groups: dict | None, parent_run_id: str | None, world_size: int, dataset: dict) -> dict:
+    """Train inside the pool's training-slot limit (a nested MLflow run, with a dataset version as its MLflow
+    dataset input), copy the last checkpoint's files to ``folder`` and publish it under ``prefix``; returns the
+    published record.
 
     The run folder is keyed on the digest, so a re-run after a crash continues from its latest complete
     checkpoint (``train.resume=auto``), and a training that had finished (the run failed later, e.g. while
     publishing) is published without being launched again."""
     from .data_tasks import publish
+    from .datasets import log_training_input
 
     log = get_run_logger()
     variant, step = config.train.variant, config.train.steps
@@ -189,6 +191,7 @@ def _train_and_publish(rec: Records, config: GroupDiffConfig, digest: str, run: 
     config = config.model_copy(update={"train": config.train.model_copy(update=update)})
     run_dir = rec.work("train", run)
     with stage_run(rec, parent_run_id, f"train-{variant}", config.model_dump()) as run_id:
+        log_training_input(rec, run_id, dataset)
         latest = find_latest(run_dir)
         done_step = int(CheckpointDir(latest).read_state()["step"]) if latest is not None else 0
         if done_step >= step:

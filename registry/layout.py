@@ -2,6 +2,7 @@
 
 ```
 data/<name>
+datasets/<name>/<digest>/<file>
 embeddings/<encoder>/<digest>/<file>
 groups/<digest>/<file>
 checkpoints/<run>/<step>/<file>
@@ -31,6 +32,11 @@ def _part(kind: str, value: str | int) -> str:
 def data_key(name: str) -> str:
     """Key of a dataset file: ``data/<name>`` (``name`` may contain '/')."""
     return check_key(join_key("data", name))
+
+
+def dataset_prefix(name: str, digest: str) -> str:
+    """Folder of one dataset version written by ``groupdiff ingest``: ``datasets/<name>/<digest>``."""
+    return join_key("datasets", _part("dataset name", name), _part("digest", digest))
 
 
 def embeddings_prefix(encoder: str, digest: str) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 DIGEST_LEN = 128
 URI_LEN = 1024
 NAME_LEN = 256
+KIND_LEN = 32
 
 
 def _now() -> datetime:
@@ -35,10 +36,20 @@ class _Artefact:
 
 
 class Dataset(_Artefact, Base):
-    """A dataset snapshot (e.g. Fashion-MNIST train split at 32 px)."""
+    """A dataset snapshot (e.g. Fashion-MNIST train split at 32 px), or a numbered **version** of a named dataset
+    written by ``groupdiff ingest`` (``version`` 1, 2, ... per ``name``; ``parent`` = the version before it;
+    ``source``, ``counts`` per class and ``kind`` from the ingest report). Snapshots recorded by the pipeline
+    from a path or the built-in data have no version."""
 
     __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_datasets_name_version"),)
     name: Mapped[str] = mapped_column(String(NAME_LEN))
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(KIND_LEN), nullable=True)
+    parent: Mapped["Dataset | None"] = relationship(remote_side="Dataset.id")
 
 
 class EmbeddingSet(_Artefact, Base):
