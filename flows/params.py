@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import (
+    Field, PrivateAttr, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator,
+)
 
 from groupdiff.config import GroupDiffConfig, load_preset, parse_overrides
 from groupdiff.config_base import Section
@@ -129,6 +131,18 @@ class PipelineParams(EvalProtocolParams):
     dataset: str = Field("", description="A dataset version from `groupdiff ingest`: 'name', 'name@latest' or "
                          "'name@N'; empty = the built-in data")
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)  # config settings of the resolved dataset version
+    _from_preset: set[str] = PrivateAttr(default_factory=set)  # fields left empty by the run, filled from its preset
+
+    @model_serializer(mode="wrap")
+    def _dump_preset_fields_empty(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo):
+        """Fields the run left empty are written empty again (the preset fills them at validation), so a dump -- the
+        deployment's default in the UI form, a run's parameters, a copy validated again -- keeps "the preset's value"
+        rather than the value of the preset it was first validated with. ``context={"resolved": True}`` dumps the
+        filled values (what MLflow records)."""
+        data = handler(self)
+        if isinstance(data, dict) and not (info.context or {}).get("resolved"):
+            data.update({name: None for name in self._from_preset if name in data})
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineParams":
@@ -174,6 +188,7 @@ class PipelineParams(EvalProtocolParams):
         for name in empty:
             section, field = PRESET_FIELDS[name].split(".")
             object.__setattr__(self, name, getattr(getattr(preset, section), field))
+        self._from_preset = set(empty)
         if not 2 <= self.group_size <= 16:
             raise ValueError(f"group_size: the preset's train.group_size={self.group_size} is outside [2, 16]; "
                              "set group_size")

@@ -284,7 +284,7 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
     rec = Records(records)
     parent_id = rec.mlflow.create_run(rec.experiment_id(), run_name="pipeline", tags={
         "groupdiff.stage": "pipeline", "prefect.flow_run_id": str(flow_run.get_id())}).info.run_id
-    log_params(rec, parent_id, params.model_dump())
+    log_params(rec, parent_id, params.model_dump(context={"resolved": True}))
     progress = StageProgress(params, len(configs))
     try:
         base = configs[params.variants[0]]

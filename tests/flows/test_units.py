@@ -165,6 +165,38 @@ def test_empty_pipeline_fields_take_the_preset_values_so_each_number_has_one_sou
         PipelineParams(overrides=["train.group_size=1"])
 
 
+def test_fields_filled_from_the_preset_are_dumped_empty_so_another_preset_fills_them_again():
+    """The UI form's default and a run's parameters are dumps: a dump of the tiny preset's filled values would pin
+    tiny-fmnist's numbers on a run whose form then picks sit-s2 (found by the browser test)."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import pipeline
+
+    default = parameter_schema(pipeline).model_dump()["properties"]["params"]["default"]
+    assert default["group_size"] is None and default["batch_images"] is None and default["threshold"] is None
+    tiny = PipelineParams(group_size=2)
+    dumped = tiny.model_dump(mode="json")
+    assert dumped["group_size"] == 2 and dumped["batch_images"] is None  # what the run set stays set
+    assert tiny.model_dump(context={"resolved": True})["batch_images"] == 64  # what MLflow records
+    moved = PipelineParams.model_validate({**dumped, "preset": "sit-s2"})
+    assert (moved.group_size, moved.batch_images) == (2, 256)  # sit-s2's batch, the run's own group size
+
+
+def test_reader_settings_do_not_change_the_data_digest_but_the_items_do():
+    from flows.data_tasks import READER_SETTINGS, data_digest_inputs
+    from groupdiff.data.config import DataConfig
+
+    base = PipelineParams().config("baseline")
+
+    def with_data(**update):
+        return base.model_copy(update={"data": base.data.model_copy(update=update)})
+
+    for update in ({"num_workers": 2}, {"prefetch_factor": 4}, {"cache_dir": "/elsewhere"}):
+        assert data_digest_inputs(with_data(**update)) == data_digest_inputs(base), update
+    assert data_digest_inputs(with_data(limit=7)) != data_digest_inputs(base)
+    assert READER_SETTINGS <= set(DataConfig.model_fields)
+
+
 def test_protocol_params_leave_room_for_the_floor_and_default_to_the_preset_classifier():
     with pytest.raises(ValidationError, match="reference_limit=9800 \\+ num_samples=400 exceeds the 10000 test images"):
         PipelineParams(reference_limit=9800, num_samples=400)
