@@ -22,9 +22,13 @@ from .records import Records, RecordsConfig
 CLASSIFIER = "classifier"  # the built-in classifier: its weights' folder under weights/ and its catalogue name
 
 
+# DataConfig fields that change how the data is read or built, never which items it holds
+READER_SETTINGS = {"num_workers", "prefetch_factor", "cache_dir", "vae", "ingest"}
+
+
 def data_digest_inputs(config: GroupDiffConfig) -> dict:
     """The data config fields that fix the images (not reader settings)."""
-    return config.data.model_dump(exclude={"num_workers", "vae"})
+    return config.data.model_dump(exclude=READER_SETTINGS)
 
 
 def _warn(message: str, *args) -> None:

@@ -36,6 +36,11 @@ def test_a_version_holds_the_folders_pixels_and_names_the_corrupt_files(folder, 
     torch.testing.assert_close(fetch_items(version, order), fetch_items(direct, order), rtol=0, atol=0)
     assert version.digest == report["digest"] and version.report()["skipped_files"] == report["corrupt"]
 
+    def limited(n):
+        return build_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path / "v"), image_size=16, limit=n))
+
+    assert limited(18).digest == report["digest"] != limited(17).digest  # a limit keeping every item: the version
+
 
 def test_fail_policy_names_every_bad_file_and_writes_nothing(folder, tmp_path):
     with pytest.raises(ValueError, match=r"2 corrupt or non-image files: \['bag/truncated.png', 'shoe/notes.txt'\]"):
