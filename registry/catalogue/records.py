@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import Checkpoint, Dataset, EmbeddingSet, Evaluation, GroupTable, ModelVersion, Weights
@@ -19,14 +20,34 @@ def _get_or_create(session: Session, cls: type[A], digest: str, **fields: Any) -
         raise ValueError(f"{cls.__name__} needs a non-empty digest")
     row = session.scalar(select(cls).where(cls.digest == digest))
     if row is None:
-        row = cls(digest=digest, **fields)
-        session.add(row)
-        session.flush()
-    elif row.uri != fields["uri"]:
+        row = _insert_once(session, cls, digest, fields)
+    if row.uri != fields["uri"]:
         raise ValueError(
             f"{cls.__name__} digest {digest!r} is already recorded at {row.uri!r}, not {fields['uri']!r}"
         )
     return row
+
+
+def _insert_once(session: Session, cls: type[A], digest: str, fields: dict[str, Any]) -> A:
+    """Insert the row; when another writer inserted the same digest since our look (two flow runs recording one
+    step at once: both saw none), return theirs. On PostgreSQL the insert runs in a savepoint, so the conflict
+    leaves the caller's transaction usable; SQLite makes the second writer wait for the first one's commit with
+    its database lock instead (and pysqlite's savepoints are unreliable), so it inserts plainly."""
+    if session.get_bind().dialect.name == "sqlite":
+        row = cls(digest=digest, **fields)
+        session.add(row)
+        session.flush()
+        return row
+    try:
+        with session.begin_nested():
+            row = cls(digest=digest, **fields)
+            session.add(row)
+        return row
+    except IntegrityError:
+        row = session.scalar(select(cls).where(cls.digest == digest))
+        if row is None:
+            raise
+        return row
 
 
 def record_dataset(session: Session, name: str, digest: str, uri: str, config: dict | None = None) -> Dataset:
