@@ -81,13 +81,15 @@ def fault_stack(tmp_path_factory):
     """A private running stack for the fault suite; the environment points clients (and in-process flows) at it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from groupdiff.procs import stop_tree
     from infra.config import StackConfig
     from infra.process import group_alive, read_pid
     from infra.stack import client_env, down
 
     state = Path(tempfile.mkdtemp(prefix="groupdiff-faults-"))
     state.chmod(0o755)  # the unprivileged PostgreSQL user enters it
-    config = StackConfig(state_dir=state, start_timeout_s=240, stop_timeout_s=STOP_S, pg_durable=False, **free_stack_ports())
+    config = StackConfig(state_dir=state, start_timeout_s=240, stop_timeout_s=STOP_S, pg_durable=False,
+                         **free_stack_ports())
     env = client_env(config)
     saved = {k: os.environ.get(k) for k in env}
     out = tmp_path_factory.mktemp("faults-out")
@@ -102,11 +104,31 @@ def fault_stack(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        for pgid in training_groups(out):  # a training left held by a failed test
+            stop_tree(pgid, 1.0)
+        clear_holds(out)
         pids = {name: read_pid(state, name) for name in config.services}
-        down(config, echo=lambda _: None)
+        _stop_all(config)
+        assert down(config, echo=lambda _: None) == []  # nothing was left running
         shutil.rmtree(state, ignore_errors=True)
     left = [name for name, pid in pids.items() if pid is not None and group_alive(pid)]
     assert not left, f"processes left after down: {left}"
+
+
+def _stop_all(config) -> None:
+    """Stop every service at once (a throwaway stack has no shutdown order to keep: ``down`` stops them one
+    after the other, each up to ``stop_timeout_s``), then remove what SeaweedFS leaves in /tmp as ``down`` does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from infra import seaweed
+    from infra.process import stop
+    from infra.stack import services
+
+    signals = {name: svc.stop_signal for name, svc in services(config).items()}
+    state = config.state_dir.resolve()
+    with ThreadPoolExecutor(len(signals)) as pool:
+        list(pool.map(lambda name: stop(name, state, config.stop_timeout_s, signals[name]), signals))
+    seaweed.remove_sockets(config.s3_port, config.s3_internal_ports)
 
 
 class FlowInThread:

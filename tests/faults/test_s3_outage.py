@@ -19,7 +19,8 @@ from tests.faults.proxy import TripProxy
 pytestmark = pytest.mark.integration
 
 # a 3.2M-parameter SiT block: model.safetensors is 12.3 MiB, three parts of 5 MiB (the smallest S3 allows)
-PARAMS = {**TINY, "train_steps": 2, "overrides": [o.replace("hidden_size=32", "hidden_size=384") for o in TINY["overrides"]]}
+PARAMS = {**TINY, "train_steps": 2,
+          "overrides": [o.replace("hidden_size=32", "hidden_size=384") for o in TINY["overrides"]]}
 PART_MIB = 5
 SECOND_PART = rb"PUT \S*[?&]partNumber=2[& ]"
 MAX_WAIT_S = 60  # request retries (3, backoff 0.2 s doubling) x task attempts (1 + 3, waits 2, 4, 8 s)
@@ -61,7 +62,8 @@ def test_s3_stopped_during_a_multipart_upload(fault_stack, monkeypatch):
         assert f"cannot reach the S3 endpoint {proxy.url} after 3 retries" in state.message, state.message
         assert failed_after < MAX_WAIT_S
         # logged: each request's retries by urllib3 (never more than max_retries), each task retry by Prefect
-        totals = {int(m.group(1)) for line in urllib3_log.lines if (m := re.match(r"Retrying \(Retry\(total=(\d+)", line))}
+        totals = {int(m.group(1)) for line in urllib3_log.lines
+                  if (m := re.match(r"Retrying \(Retry\(total=(\d+)", line))}
         assert totals == {2, 1, 0}, urllib3_log.lines[:10]  # 3 retries per request, counted down, then the error above
         messages = _logs(fault_stack.env["PREFECT_API_URL"], str(state.state_details.flow_run_id))
         task_retries = [m for m in messages if "ObjectStoreError" in m and " - Retry " in m]

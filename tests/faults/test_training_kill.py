@@ -35,9 +35,9 @@ def _uninterrupted(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
 
     config = PipelineParams(**PARAMS).config("baseline")
     run_dir = tmp_path / "uninterrupted"
-    log = open(tmp_path / "uninterrupted.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = start(write_launch_config(config, run_dir), run_dir, 1, env={HOLD_ENV: ""}, stdout=log,
-                 stderr=subprocess.STDOUT)
+    with open(tmp_path / "uninterrupted.log", "wb") as log:  # the child keeps its own copy of the file
+        proc = start(write_launch_config(config, run_dir), run_dir, 1, env={HOLD_ENV: ""}, stdout=log,
+                     stderr=subprocess.STDOUT)
     return proc, run_dir
 
 

@@ -41,6 +41,12 @@ def _wait(api: str, run_id: str, timeout_s: float) -> dict:
     raise AssertionError(f"flow run {run_id} still {run['state']['type']} after {timeout_s}s")
 
 
+def _seconds(start: str, end: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
 def _processes_in(run_dir: Path) -> list[int]:
     """Live processes whose command line names ``run_dir`` (a training of that run)."""
     found = []
@@ -63,11 +69,15 @@ def test_worker_killed_mid_run(fault_stack):
     deadline = time.monotonic() + 60  # the worker creates its pool on its first poll, after it reports healthy
     while httpx.get(f"{api}/work_pools/{pool}").status_code == 404 and time.monotonic() < deadline:
         time.sleep(0.5)
+    t_deploy = time.monotonic()
     deploy(pool)
     dep_id = httpx.get(f"{api}/deployments/name/groupdiff-pipeline/groupdiff-pipeline").json()["id"]
     t0 = time.monotonic()
     run_id = _create(api, dep_id, out, {HOLD_ENV: "done:10"})
     marker = wait_for_hold(out, "done", 10)
+    first = httpx.get(f"{api}/flow_runs/{run_id}").json()
+    print(f"deployed in {t0 - t_deploy:.1f}s; run started {_seconds(first['created'], first['start_time']):.1f}s "
+          f"after its creation, held at step 10 after {time.monotonic() - t0:.1f}s")
     run_dir = marker.parent.parent
     [pgid] = training_groups(out, run_id)
     worker = read_pid(state_dir, "worker")
