@@ -62,9 +62,20 @@ def version_tags(dataset: dict[str, Any]) -> dict[str, str]:
 
 
 def tag_model_version(rec: Records, model_name: str, version: str, dataset: dict[str, Any]) -> None:
-    """Set :func:`version_tags` on a registered model version."""
+    """Set :func:`version_tags` on a registered model version. Tags already holding their value are left alone,
+    and a write that loses to another flow run writing the same value at the same moment (identical runs whose
+    registration came from the cache: MLflow's tag insert then fails with a unique violation) is accepted."""
+    from mlflow.exceptions import MlflowException
+
+    current = rec.mlflow.get_model_version(model_name, version).tags
     for key, value in version_tags(dataset).items():
-        rec.mlflow.set_model_version_tag(model_name, version, key, value)
+        if current.get(key) == value:
+            continue
+        try:
+            rec.mlflow.set_model_version_tag(model_name, version, key, value)
+        except MlflowException:
+            if rec.mlflow.get_model_version(model_name, version).tags.get(key) != value:
+                raise
 
 
 def log_training_input(rec: Records, run_id: str, dataset: dict[str, Any]) -> None:

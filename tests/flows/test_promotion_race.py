@@ -38,3 +38,32 @@ def test_concurrent_promotions_leave_the_best_champion(stack_api):
     assert alias_problems(client, name, "fd") == []
     assert str(version_by_alias(client, name, CHAMPION).version) == str(versions[-1])
     assert sum(d.decision == "promoted" for d in decisions) >= 1
+
+
+def test_identical_runs_tag_one_version_at_once(stack_api):
+    """Identical flow runs whose registration came from the cache all tag the one version it made, at the same
+    moment: MLflow's tag insert of the loser fails with a unique violation (a run failed so under 20 runs at
+    once); the writers that lose to the same value are accepted, every tag ends with its value."""
+    from mlflow import MlflowClient
+
+    from flows.datasets import tag_model_version, version_tags
+    from flows.records import Records, RecordsConfig
+
+    rec = Records(RecordsConfig(out="/tmp/unused", mlflow_uri=stack_api["MLFLOW_TRACKING_URI"]))
+    client, name = MlflowClient(stack_api["MLFLOW_TRACKING_URI"]), f"gd-tags-{uuid.uuid4().hex[:6]}"
+    client.create_registered_model(name)
+    run_id = client.create_run("0").info.run_id
+    dataset = {"name": "fmnist-train", "digest": "d" * 16}
+    writers = 8
+    for _ in range(5):  # a few versions: the collision needs two inserts of one tag inside a few milliseconds
+        version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id).version
+        barrier = threading.Barrier(writers)
+
+        def tag(_: int) -> None:
+            barrier.wait()
+            tag_model_version(rec, name, version, dataset)
+
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(tag, range(writers)))  # raises what a writer raised
+        tags = client.get_model_version(name, version).tags
+        assert {k: tags.get(k) for k in version_tags(dataset)} == version_tags(dataset)
