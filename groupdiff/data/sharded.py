@@ -7,9 +7,10 @@ Layout of one version (a folder, or a prefix ``s3://bucket/datasets/<name>/<dige
     items-00000.npy     uint8 (rows, C, S, S) preprocessed pixels, or float32 (rows, C, s, s) latents
 
 Item ``i`` is row ``i % shard_size`` of shard ``i // shard_size``: random access by index, which the epoch
-plans' groups need (a group's members are anywhere in the set). Local shards are memory-mapped; shards of an
+plans' groups need (a group's members are anywhere in the set). Local shards are read in place; shards of an
 ``s3://`` version are fetched whole on first use into ``cache_dir`` (atomically, so DataLoader workers and the
-ranks of one machine share them) and then memory-mapped, so a process's memory does not grow with the set.
+ranks of one machine share them). Rows are read with positioned reads, so a process's memory does not grow with
+the set.
 
 Why a format of our own: bench/data.py measures the candidates here. ``mosaicml-streaming`` does not install
 beside numpy >= 2.2; ``litdata``'s random ``dataset[i]`` costs ~2 ms per item (measured ~500 items/s on local
@@ -189,7 +190,7 @@ class ShardedDataset(torch.utils.data.Dataset):
         self.item_shape = tuple(self.manifest.item_shape)
         whole = not limit or limit >= self.manifest.num_items  # a limit that keeps every item is the version itself
         self.digest = self.manifest.digest if whole else digest_json([self.manifest.digest, limit])
-        self._maps: dict[int, np.ndarray] = {}
+        self._open: dict[int, tuple[int, int]] = {}
 
     def _file(self, name: str) -> Path:
         if not self.remote:
@@ -206,22 +207,40 @@ class ShardedDataset(torch.utils.data.Dataset):
 
         return fetch_file(self._store, name, self._local / name, check)
 
-    def _shard(self, index: int) -> np.ndarray:
-        found = self._maps.get(index)
+    def _shard(self, index: int) -> tuple[int, int]:
+        """(open file descriptor, byte offset of row 0) of shard ``index``, its header checked against the manifest."""
+        found = self._open.get(index)
         if found is None:
-            found = self._maps[index] = np.load(self._file(self.manifest.shards[index]["file"]), mmap_mode="r")
+            entry = self.manifest.shards[index]
+            path = self._file(entry["file"])
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+                offset = f.tell()
+            if fortran or dtype != np.dtype(DTYPES[self.kind]) or tuple(shape) != (entry["rows"], *self.item_shape):
+                raise ValueError(f"{path}: holds {dtype} {tuple(shape)}; the manifest says {DTYPES[self.kind]} "
+                                 f"{(entry['rows'], *self.item_shape)}")
+            found = self._open[index] = (os.open(path, os.O_RDONLY), offset)
         return found
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        """Stored rows (uint8 pixels or float32 latents) of ``indices``, in order."""
+        """Stored rows (uint8 pixels or float32 latents) of ``indices``, in order.
+
+        Each row is one positioned read (``os.pread``) of its bytes, not a memory map: a reader's memory holds
+        only the rows it was asked for, whatever the size of the set (the OS page cache keeps hot shards)."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"indices span [{indices.min()}, {indices.max()}]; the dataset holds {len(self)} items")
         out = np.empty((len(indices), *self.item_shape), dtype=DTYPES[self.kind])
-        size = self.manifest.shard_size
-        for shard in np.unique(indices // size):
-            where = np.flatnonzero(indices // size == shard)
-            out[where] = self._shard(int(shard))[indices[where] % size]
+        size, row_bytes = self.manifest.shard_size, out[0].nbytes if len(out) else 0
+        flat = out.reshape(len(indices), -1).view(np.uint8)
+        for k, i in enumerate(indices.tolist()):
+            fd, offset = self._shard(i // size)
+            data = os.pread(fd, row_bytes, offset + (i % size) * row_bytes)
+            if len(data) != row_bytes:
+                raise ValueError(f"{self.root}: shard {i // size} ends before item {i} (truncated file)")
+            flat[k] = np.frombuffer(data, dtype=np.uint8)
         return out
 
     def fetch(self, indices: np.ndarray) -> torch.Tensor:
@@ -240,10 +259,17 @@ class ShardedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.fetch(np.asarray([index]))[0], int(self.labels[index])
 
-    def __getstate__(self) -> dict:  # DataLoader workers (spawn) reopen the store and the memory maps
+    def __getstate__(self) -> dict:  # DataLoader workers (spawn) reopen the store and the shard files
         state = dict(self.__dict__)
-        state["_maps"], state["_store"] = {}, None
+        state["_open"], state["_store"] = {}, None
         return state
+
+    def __del__(self) -> None:
+        for fd, _ in getattr(self, "_open", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _remote_manifest(store, root: str) -> ShardManifest:
