@@ -88,9 +88,27 @@ def stage_run(records, parent_run_id: str | None, name: str, params: Mapping[str
     try:
         yield run_id
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        end_failed_run(client, run_id)
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def end_failed_run(client, run_id: str) -> None:
+    """End an MLflow run as FAILED while the error that ended it propagates: when MLflow itself is what failed,
+    this call fails too, and must not replace that error (it is logged instead, to the run's log when in one)."""
+    import logging
+
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        client.set_terminated(run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001 - any failure here would hide the error being raised
+        try:
+            log = get_run_logger()
+        except MissingContextError:
+            log = logging.getLogger(__name__)
+        log.warning("could not mark MLflow run %s FAILED: %s", run_id, exc)
 
 
 def cache_policy():

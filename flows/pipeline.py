@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 
 from groupdiff.config import GroupDiffConfig
 
-from .common import log_params, stage_digest
+from .common import end_failed_run, log_params, stage_digest
 from .data_space import data_classifier_task, data_score_task
 from .data_tasks import classifier_task, data_digests, dataset_task, embed_task, mine_task
 from .datasets import DATASET_TAG, resolve_params, tag_model_version
@@ -301,7 +301,7 @@ def pipeline(params: PipelineParams = PipelineParams(), records: RecordsConfig |
             _register(params, rec, records, rows, protocol, parent_id, progress, dataset)
         _publish_summary(rec, params, rows, parent_id, protocol)
     except BaseException:
-        rec.mlflow.set_terminated(parent_id, "FAILED")
+        end_failed_run(rec.mlflow, parent_id)
         raise
     rec.mlflow.set_terminated(parent_id, "FINISHED")
     log.info("\n%s", metrics_table(rows, params.metric))
