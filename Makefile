@@ -32,7 +32,7 @@ browser:
 
 bench: setup
 	$(PY) -m pip install -q -c requirements.lock -e ".[bench]"
-	for b in attention train sample mining data; do $(PY) bench/$$b.py || exit 1; done
+	for b in attention train sample mining data load; do $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

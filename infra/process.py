@@ -32,6 +32,19 @@ class PortInUseError(ServiceError):
     """The port a service needs is already taken by another process."""
 
 
+def free_stack_ports() -> dict:
+    """``StackConfig`` port fields, every one a free port of 127.0.0.1 (SeaweedFS's internal ones included), so
+    stacks started side by side (tests, benchmarks, other sessions) never collide."""
+    from .config import SeaweedPorts
+
+    services = ("postgres", "s3", "prefect", "worker", "mlflow")
+    internal = tuple(SeaweedPorts.model_fields)
+    picked = free_ports(len(services) + len(internal))
+    ports: dict = {f"{n}_port": port for n, port in zip(services, picked)}
+    ports["s3_internal_ports"] = SeaweedPorts(**dict(zip(internal, picked[len(services):])))
+    return ports
+
+
 @dataclass
 class Service:
     """How to run one service: its command, port, health check and stop signal."""
