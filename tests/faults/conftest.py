@@ -27,7 +27,7 @@ import pytest
 from flows.params import PipelineParams
 from flows.records import RecordsConfig
 from groupdiff.train.checkpoint import HOLD_ENV
-from tests.conftest import free_stack_ports
+from infra.process import free_stack_ports
 
 WORKER_POLL_S = "1"  # the private worker's PREFECT_WORKER_QUERY_SECONDS (Prefect's default: 10)
 FLOW_WAIT_S = 420
