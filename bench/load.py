@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_load(env["PREFECT_API_URL"], pool, {**TINY_RUN, "model_name": model}, out, config)
             cpu = stack_cpu_s(state) - cpu0
         problems = alias_problems(MlflowClient(env["MLFLOW_TRACKING_URI"]), model, "fd_fmnist")
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)  # the runs' work folders; the records stay in the stack
     figures = summary(result)
     report(result, figures, problems)
     print(f"CPU time of the stack and its runs during the load: {cpu:.0f}s ({cpu / 2:.0f}s of wall time at least "
