@@ -134,7 +134,9 @@ def service(folder: Path, s3_port: int, ports: SeaweedPorts, access_key: str, se
         (folder / "run").mkdir(parents=True, exist_ok=True)
         write_identities(folder, access_key, secret_key)
 
-    extra = {f"s3_internal_ports.{k}": v for k, v in ports.model_dump().items()}
+    # s3_behind only when exposed: otherwise nothing listens there, so the port is never held and any other process
+    # (another stack picking free ports) may take it while this one runs; checking it then failed a restart
+    extra = {f"s3_internal_ports.{k}": v for k, v in ports.model_dump().items() if expose_on or k != "s3_behind"}
     command = exposed_argv(folder, s3_port, ports, expose_on) if expose_on else argv(folder, s3_port, ports)
     return Service("s3", command, s3_port,
                    lambda: http_ok(f"http://{HOST}:{s3_port}/healthz") and volumes_registered(ports), url=url,

@@ -188,3 +188,17 @@ def test_every_port_must_differ_and_a_taken_internal_port_is_named(state_dir):
         with pytest.raises(PortInUseError, match=rf"port {config.s3_internal_ports.filer} .*s3_internal_ports.filer"):
             up(config, echo=lambda _: None)
     assert read_pid(state_dir, "s3") is None
+
+
+def test_an_unexposed_s3_server_needs_no_port_behind_a_forwarder(state_dir):
+    """Unexposed, nothing listens on s3_internal_ports.s3_behind, so another process may hold it (a parallel
+    stack picking free ports took it and the next restart of S3 failed with PortInUseError); S3 still starts."""
+    config = _s3_only(state_dir)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config.s3_internal_ports.s3_behind))
+        holder.listen()
+        try:
+            up(config, echo=lambda _: None)
+            assert [r.healthy for r in status(config)] == [True]
+        finally:
+            down(config, echo=lambda _: None)
