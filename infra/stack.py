@@ -11,6 +11,7 @@ volumes), ``purge(config)`` then deletes that data. ``<state>/stack.env`` holds 
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import sys
 import time
+import urllib.parse
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +155,30 @@ def services(config: StackConfig, given: StackSecrets | None = None) -> dict[str
         "worker": Service(
             "worker", [_exe("prefect"), "worker", "start", "--pool", config.work_pool, "--type", "process",
                        "--with-healthcheck"],
-            p["worker"], lambda: http_ok(f"http://{HOST}:{p['worker']}/health"), env=worker_env,
+            p["worker"], lambda: _worker_healthy(config, given), env=worker_env,
             url=f"work pool {config.work_pool!r}",
         ),
         "mlflow": _mlflow(config, state, env, bind, given),
     }
+
+
+def _worker_healthy(config: StackConfig, given: StackSecrets | None) -> bool:
+    """The worker answers its /health (which it does from the moment it starts) and its work pool exists (made on
+    its first poll). An exposed server is not asked about the pool without its auth string (status, down)."""
+    if not http_ok(f"http://{HOST}:{config.worker_port}/health"):
+        return False
+    if config.expose and not given:
+        return True
+    api = f"http://{HOST}:{config.prefect_port}/api"
+    return work_pool_exists(api, config.work_pool, given.prefect_auth if given else None)
+
+
+def work_pool_exists(api_url: str, pool: str, auth_string: str | None = None) -> bool:
+    """True when the Prefect server at ``api_url`` has the work pool ``pool`` (the worker creates it on its first
+    poll; until then deploying to it fails with 'Could not find work pool'). ``auth_string``: an exposed server's."""
+    token = base64.b64encode(auth_string.encode()).decode() if auth_string else None
+    return http_ok(f"{api_url}/work_pools/{urllib.parse.quote(pool, safe='')}",
+                   headers={"Authorization": f"Basic {token}"} if token else None)
 
 
 def _postgres(config: StackConfig, state: Path, bind: str, given: StackSecrets | None) -> Service:

@@ -202,3 +202,21 @@ def test_an_unexposed_s3_server_needs_no_port_behind_a_forwarder(state_dir):
             assert [r.healthy for r in status(config)] == [True]
         finally:
             down(config, echo=lambda _: None)
+
+
+def test_the_worker_is_healthy_only_once_its_work_pool_exists(state_dir):
+    """The worker answers /health from its first moment, before it has created its pool; deploying right after
+    'up' then failed with 'Could not find work pool'. Now 'up' returns once the pool exists."""
+    from infra.stack import work_pool_exists
+
+    config = StackConfig(state_dir=state_dir, services=["worker"], pg_durable=False, **free_stack_ports())
+    api = f"http://127.0.0.1:{config.prefect_port}/api"
+    try:
+        up(config, echo=lambda _: None)
+        assert work_pool_exists(api, config.work_pool)  # at once, no waiting here
+        assert {r.name: r.healthy for r in status(config)}["worker"]
+        other = config.model_copy(update={"work_pool": "no-such-pool"})  # the same worker, a pool nobody made
+        assert not work_pool_exists(api, other.work_pool)
+        assert {r.name: r.healthy for r in status(other)} == {"postgres": True, "prefect": True, "worker": False}
+    finally:
+        down(config, echo=lambda _: None)
