@@ -28,6 +28,7 @@ from flows.params import PipelineParams
 from flows.records import RecordsConfig
 from groupdiff.train.checkpoint import HOLD_ENV
 from infra.process import free_stack_ports
+from tests.prefect_services import drain_prefect_services
 
 WORKER_POLL_S = "1"  # the private worker's PREFECT_WORKER_QUERY_SECONDS (Prefect's default: 10)
 FLOW_WAIT_S = 420
@@ -97,7 +98,10 @@ def fault_stack(tmp_path_factory):
         start_stack(config)
         os.environ.update(env)
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield FaultStack(config, env, out, RecordsConfig(out=str(out)))
+            try:
+                yield FaultStack(config, env, out, RecordsConfig(out=str(out)))
+            finally:
+                drain_prefect_services()  # while this stack still answers; later tests talk to another server
     finally:
         for key, value in saved.items():
             if value is None:

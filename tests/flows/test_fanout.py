@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from flows.fanout import DaskParams, FanoutParams, fanout, output_files, plan
 from groupdiff.sample.stage import SampleStageConfig
@@ -169,26 +168,19 @@ def test_embed_two_workers_equal_one_worker(clusters, tmp_path, one_torch_thread
             assert (tmp_path / "direct" / name).read_bytes() == data, name
 
 
-def test_encode_latents_two_workers_equal_one_worker(clusters, tmp_path):
-    from diffusers import AutoencoderKL
+def test_encode_latents_two_workers_equal_one_worker(clusters, tmp_path, tiny_vae):
     from PIL import Image
-    from safetensors.torch import save_file
 
     from groupdiff.data.datasets import build_dataset
 
-    from ..data.test_latents import TINY
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(**TINY).eval()
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp_path / "vae.safetensors"))
-    (tmp_path / "vae.json").write_text(json.dumps(TINY))
+    _, vae_root = tiny_vae
     rng = np.random.default_rng(0)
     for i in range(11):
         path = tmp_path / "imgs" / f"c{i % 3}" / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(path)
     overrides = ["data.dataset=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16",
-                 f"data.vae.weights={tmp_path / 'vae.safetensors'}", f"data.vae.config_json={tmp_path / 'vae.json'}",
+                 f"data.vae.weights={vae_root / 'vae.safetensors'}", f"data.vae.config_json={vae_root / 'config.json'}",
                  "data.vae.shard_size=3", "data.vae.batch_size=2", "data.vae.device=cpu", "data.vae.sample=true"]
     runs = {w: FanoutParams(stage="encode-latents", out=str(tmp_path / f"w{w}"), overrides=overrides,
                             dask=DaskParams(address=clusters[w])) for w in (1, 2)}
