@@ -5,7 +5,6 @@ input) -> a third retraining with nothing new is skipped and recorded. Plus the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -62,25 +61,10 @@ def test_ingest_command_refuses_bad_values_before_any_work(tmp_path, capsys, arg
 
 
 @pytest.fixture(scope="module")
-def stack(local_stack, tmp_path_factory):
-    """The stack's client environment set for this module, Prefect pointed at its server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from infra.stack import client_env
-
-    env = client_env(local_stack)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+def stack(stack_api, tmp_path_factory):
+    """The stack's client environment set for this module (``stack_api``), Prefect pointed at its server."""
     out = tmp_path_factory.mktemp("datasets-out")
-    try:
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield {"out": out, "records": RecordsConfig(out=str(out))}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    yield {"out": out, "records": RecordsConfig(out=str(out))}
 
 
 def _ingest_command(*args: str) -> tuple[int, str, str]:

@@ -63,26 +63,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def ui_stack(local_stack, tmp_path_factory):
-    """The stack's client environment set and every deployment registered with its work pool."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+def ui_stack(stack_api, local_stack, tmp_path_factory):
+    """The stack's client environment set (``stack_api``) and every deployment registered with its work pool."""
     from flows.deployments import deploy
-    from infra.stack import client_env
 
-    env = client_env(local_stack)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            deploy(local_stack.work_pool)
-            yield {"env": env, "out": tmp_path_factory.mktemp("ui-out")}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    deploy(local_stack.work_pool)
+    return {"env": stack_api, "out": tmp_path_factory.mktemp("ui-out")}
 
 
 @pytest.fixture
