@@ -98,3 +98,14 @@ def test_a_resumed_run_with_workers_ends_like_an_uninterrupted_one(versions, tmp
     a, b = (load_file(str(r.checkpoint / "model.safetensors")) for r in (straight, resumed))
     for name, value in a.items():
         torch.testing.assert_close(value, b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_data_reader_fields_reach_the_step_loader(versions):
+    """The step DataLoader takes data.num_workers and data.prefetch_factor (what the trainer passes it) as its
+    worker count and per-worker read-ahead."""
+    config = _config("imagefolder", versions / "pixels", "data.num_workers=2", "data.prefetch_factor=5")
+    source = build_dataset(config.data)
+    plans = EpochPlans(config, len(source), None)
+    loader = step_loader(source, plans, 0, 0, 3, 0, 1, config.data.num_workers, config.data.prefetch_factor)
+    assert (loader.num_workers, loader.prefetch_factor) == (2, 5)
+    assert step_loader(source, plans, 0, 0, 3, 0, 1, 0, 5).prefetch_factor is None  # no workers: nothing ahead
