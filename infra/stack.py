@@ -38,6 +38,11 @@ S3_DIR = "s3"  # SeaweedFS: data/, identities.json, run/ (its unix sockets)
 STATE_ENTRIES = ("postgres", S3_DIR, "prefect", mlflow_auth.AUTH_DIR, "logs", "pids", CREDENTIALS_FILE, ENV_FILE,
                  CONFIG_FILE)
 BIND_ALL = "0.0.0.0"  # where an exposed stack's services listen
+# Where the Prefect server keeps concurrency-slot leases: on disk under PREFECT_HOME, not Prefect's default
+# in-memory store. With the memory store a server restart forgets every lease while the database still counts
+# their slots as taken: a training that held the slot then releases nothing (its lease is unknown), the
+# repossessor never frees the slot of a killed one, and every later training waits for ever.
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 
 
 @dataclass
@@ -131,6 +136,7 @@ def services(config: StackConfig, given: StackSecrets | None = None) -> dict[str
         "PREFECT_UI_API_URL": env["PREFECT_API_URL"],
         "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url(p["postgres"], "prefect", driver="asyncpg"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **pg_password,
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE,  # <state>/prefect/concurrency_leases
     }
     if given:
         prefect_env.update(PREFECT_SERVER_API_AUTH_STRING=given.prefect_auth,  # the server's own clients too

@@ -70,3 +70,18 @@ def test_postgres_creates_the_three_databases_and_mlflow_proxies_multipart_to_mi
     assert "services" in SERVICES["prefect-services"]["command"]
     init_job = _text(SERVICES["minio-init"]["command"])
     assert "mc mb --ignore-existing" in init_job and "$$GROUPDIFF_BUCKET" in init_job and "$$MLFLOW_BUCKET" in init_job
+
+
+def test_both_prefect_processes_keep_concurrency_leases_on_one_shared_volume():
+    """The API server takes slot leases, prefect-services' repossessor frees expired ones: with Prefect's default
+    in-memory lease store they live in two processes' memories, and a restart forgets them with their slots taken
+    (the local stack's restart test shows the same on real servers)."""
+    from infra.stack import LEASE_STORAGE
+
+    homes = set()
+    for name in ("prefect-server", "prefect-services"):
+        env = SERVICES[name]["environment"]
+        assert env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] == LEASE_STORAGE, name
+        volume = next(v for v in SERVICES[name]["volumes"] if v.endswith(":" + env["PREFECT_HOME"]))
+        homes.add(volume)
+    assert len(homes) == 1 and homes.pop().split(":")[0] in COMPOSE["volumes"]

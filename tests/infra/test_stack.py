@@ -220,3 +220,68 @@ def test_the_worker_is_healthy_only_once_its_work_pool_exists(state_dir):
         assert {r.name: r.healthy for r in status(other)} == {"postgres": True, "prefect": True, "worker": False}
     finally:
         down(config, echo=lambda _: None)
+
+
+# Holds one slot of the global concurrency limit argv[1] with a lease (as a training does) until a line arrives.
+_SLOT_HOLDER = """
+import sys
+from prefect.concurrency.sync import concurrency
+with concurrency(sys.argv[1], occupy=1, lease_duration=60):
+    print("held", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def test_training_slots_held_across_a_prefect_restart_are_freed(state_dir):
+    """A slot taken before the Prefect server restarts is freed after it: at once when its holder ends, and by
+    the lease's expiry when its holder was killed. With Prefect's default in-memory lease store the restart
+    forgot both leases, the slots stayed taken and every later training waited for ever (the load and browser
+    tests hung after the whole-stack restart of tests/flows/test_stack.py)."""
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    from infra.process import stop
+
+    config = StackConfig(state_dir=state_dir, services=["prefect"], pg_durable=False, **free_stack_ports())
+    api = f"http://127.0.0.1:{config.prefect_port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api}
+
+    def slots(name: str) -> int:
+        response = httpx.get(f"{api}/v2/concurrency_limits/{name}")
+        response.raise_for_status()
+        return response.json()["active_slots"]
+
+    holders: list[subprocess.Popen] = []
+    try:
+        up(config, echo=lambda _: None)
+        for name in ("ends", "killed"):
+            httpx.post(f"{api}/v2/concurrency_limits/", json={"name": name, "limit": 1}).raise_for_status()
+            holder = subprocess.Popen([sys.executable, "-c", _SLOT_HOLDER, name], env=env, text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            holders.append(holder)
+            assert holder.stdout.readline().strip() == "held"
+        ends, killed = holders
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+        assert slots("ends") == 1 and slots("killed") == 1
+        assert stop("prefect", state_dir.resolve(), config.stop_timeout_s)
+        up(config, echo=lambda _: None)
+
+        ends.stdin.write("go\n")
+        ends.stdin.flush()
+        assert ends.stdout.readline().strip() == "released" and ends.wait(timeout=30) == 0
+        assert slots("ends") == 0
+        # the killed holder's lease (60 s) expires and the repossessor (every 15 s) frees its slot
+        deadline = time.monotonic() + 150
+        while slots("killed") != 0:
+            assert time.monotonic() < deadline, "the killed holder's slot was never freed after the restart"
+            time.sleep(2)
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(timeout=10)
+        down(config, echo=lambda _: None)
