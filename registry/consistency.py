@@ -3,7 +3,8 @@ the object store.
 
 * Every catalogue row (datasets, weights, embedding sets, group tables, checkpoints, evaluations, model versions)
   whose URI lies in the store: the artefact must be there, complete (a folder artefact ends with the
-  ``manifest.json`` its writer puts last, and every file that manifest lists is there) and intact (every
+  ``manifest.json`` its writer puts last, an ingested dataset version with its ``dataset.json``, and every
+  file that manifest lists is there) and intact (every
   object read back with its recorded size and sha256 and, for a listed file, the manifest's size and
   sha256; with ``verify_data`` off, sizes and records only). A folder whose manifest predates the file
   list is reported as unverifiable (not an error).
@@ -29,6 +30,9 @@ from pathlib import Path
 from pydantic import Field
 
 from groupdiff.config_base import Section
+from groupdiff.data.sharded import LABELS
+from groupdiff.data.sharded import MANIFEST as VERSION_MANIFEST
+from groupdiff.data.sharded import ShardManifest
 
 from .config import ENV_STORE_ROOT, MlflowConfig, ObjectStoreConfig
 from .manifest import MANIFEST, FileEntry, listed_files
@@ -112,6 +116,7 @@ class _Checker:
         self.store, self.verify_data = store, verify_data
         self.report = Report()
         self.refs: dict[str, list[str]] = defaultdict(list)  # store URI -> who points at it
+        self.manifests: dict[str, str] = {}  # store URI -> the manifest its folder ends with (when not MANIFEST)
         self.owned_prefixes: set[str] = set()  # keys under these are accounted for
         self.owned_keys: set[str] = set()
         self._tmp = tempfile.TemporaryDirectory(prefix="groupdiff-check-")
@@ -119,12 +124,14 @@ class _Checker:
     def close(self) -> None:
         self._tmp.cleanup()
 
-    def refer(self, uri: str, who: str) -> None:
-        """Record that ``who`` points at ``uri``."""
+    def refer(self, uri: str, who: str, manifest: str = MANIFEST) -> None:
+        """Record that ``who`` points at ``uri``, a folder ending with ``manifest`` or a single object."""
         if key_in_store(self.store, uri) is None:
             self.report.outside.append(uri)
         else:
             self.refs[uri].append(who)
+            if manifest != MANIFEST:
+                self.manifests[uri] = manifest
 
     def _verify(self, key: str) -> tuple[str | None, ObjectInfo | None]:
         """(None, the store's record) when ``key`` is intact, else (why not, None)."""
@@ -160,34 +167,35 @@ class _Checker:
                 self.report.problems.append(Problem(MISSING, uri, "no object at this URI or under it", who))
                 continue
             self.owned_prefixes.add(key)
-            self._folder(key, keys, who)
+            self._folder(key, keys, who, self.manifests.get(uri, MANIFEST))
 
-    def _folder(self, key: str, keys: list[str], who: list[str]) -> None:
-        """A folder artefact: its manifest is there (written last) and every file it lists is present with the
+    def _folder(self, key: str, keys: list[str], who: list[str], manifest: str = MANIFEST) -> None:
+        """A folder artefact: its ``manifest`` is there (written last) and every file it lists is present with the
         listed size (and sha256 when ``verify_data``); every object under it reads back as recorded."""
-        manifest_key = f"{key}/{MANIFEST}"
+        manifest_key = f"{key}/{manifest}"
         entries: list[FileEntry] | None = None
         if manifest_key not in keys:
             self.report.problems.append(Problem(
                 MISSING, self.store.uri(manifest_key),
-                f"the artefact folder holds {len(keys)} object(s) but not {MANIFEST}, which its writer puts "
+                f"the artefact folder holds {len(keys)} object(s) but not {manifest}, which its writer puts "
                 "last: it was never completed or was partly deleted", who))
         else:
             self.report.objects_verified += 1
             try:
-                entries = listed_files(json.loads(self.store.get_bytes(manifest_key)))
-            except (ObjectStoreError, ValueError) as exc:  # unreadable, not JSON, or a malformed file list
+                entries = _listed(manifest, json.loads(self.store.get_bytes(manifest_key)), self.store.uri(manifest_key))
+            except (ObjectStoreError, ValueError, TypeError) as exc:  # unreadable, not JSON, or malformed
                 self.report.problems.append(Problem(CORRUPT, self.store.uri(manifest_key), str(exc), who))
             else:
                 if entries is None:
                     self.report.problems.append(Problem(
-                        UNVERIFIABLE, self.store.uri(key), f"unverifiable: manifest lists no files (its {MANIFEST} "
+                        UNVERIFIABLE, self.store.uri(key), f"unverifiable: manifest lists no files (its {manifest} "
                         "predates file lists): a file deleted or changed inside the folder cannot be noticed", who))
         listed = {f"{key}/{e.name}": e for e in entries or []}
         for name, entry in listed.items():
             if name not in keys:
+                size = f"{entry.size} bytes, " if entry.size is not None else ""
                 self.report.problems.append(Problem(
-                    MISSING, self.store.uri(name), f"listed in {MANIFEST} ({entry.size} bytes, sha256 "
+                    MISSING, self.store.uri(name), f"listed in {manifest} ({size}sha256 "
                     f"{entry.sha256[:12]}...) but not in the store", who))
         for k in keys:
             if k == manifest_key:
@@ -195,10 +203,10 @@ class _Checker:
             bad, info = self._verify(k)
             entry = listed.get(k)
             if not bad and entry is not None and info is not None:
-                if info.size != entry.size:
-                    bad = f"{info.size} bytes in the store, {MANIFEST} lists {entry.size} bytes"
-                elif self.verify_data and info.sha256 != entry.sha256:
-                    bad = f"read back with sha256 {info.sha256}, {MANIFEST} lists sha256 {entry.sha256}"
+                if entry.size is not None and info.size != entry.size:
+                    bad = f"{info.size} bytes in the store, {manifest} lists {entry.size} bytes"
+                elif self.verify_data and not info.sha256.startswith(entry.sha256):
+                    bad = f"read back with sha256 {info.sha256}, {manifest} lists sha256 {entry.sha256}"
             if bad:
                 self.report.problems.append(Problem(CORRUPT, self.store.uri(k), bad, who))
 
@@ -211,6 +219,17 @@ class _Checker:
                 UNREFERENCED, self.store.uri(key), "no catalogue row, MLflow model version or tag points at it"))
 
 
+def _listed(manifest: str, data, where: str) -> list[FileEntry] | None:
+    """The files the manifest ``manifest`` (its parsed JSON ``data``) lists. A dataset version's ``dataset.json``
+    lists its shards and labels by sha256 (a prefix, no sizes); a folder artefact's ``manifest.json`` by name,
+    size and full sha256 (None for an old one without a list)."""
+    if manifest == VERSION_MANIFEST:
+        version = ShardManifest.from_json(data, where)
+        return [FileEntry(s["file"], None, s["sha256"]) for s in version.shards] + [
+            FileEntry(LABELS, None, version.labels_sha256)]
+    return listed_files(data)
+
+
 def _catalogue_refs(checker: _Checker, session) -> list[tuple[str, int]]:
     """Register every catalogue row's URI; returns the (name, version) of the catalogue's model versions."""
     from sqlalchemy import select
@@ -218,7 +237,7 @@ def _catalogue_refs(checker: _Checker, session) -> list[tuple[str, int]]:
     from .catalogue.models import Checkpoint, Dataset, EmbeddingSet, Evaluation, GroupTable, ModelVersion, Weights
 
     describe = {
-        Dataset: lambda r: f"datasets #{r.id} ({r.name})",
+        Dataset: lambda r: f"datasets #{r.id} ({r.name}{f' v{r.version}' if r.version is not None else ''})",
         Weights: lambda r: f"weights #{r.id} ({r.name}, digest {r.digest[:12]})",
         EmbeddingSet: lambda r: f"embedding_sets #{r.id} ({r.encoder}, digest {r.digest[:12]})",
         GroupTable: lambda r: f"group_tables #{r.id} (digest {r.digest[:12]})",
@@ -228,7 +247,9 @@ def _catalogue_refs(checker: _Checker, session) -> list[tuple[str, int]]:
     for cls, text in describe.items():
         for row in session.scalars(select(cls).order_by(cls.id)):
             checker.report.rows += 1
-            checker.refer(row.uri, f"catalogue {text(row)}")
+            # an ingested dataset version (numbered) is a shard folder ending with its dataset.json
+            ingested = cls is Dataset and row.version is not None
+            checker.refer(row.uri, f"catalogue {text(row)}", VERSION_MANIFEST if ingested else MANIFEST)
     versions = []
     for row in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
         checker.report.rows += 1

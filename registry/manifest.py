@@ -28,8 +28,8 @@ class FileEntry:
     """One file of a folder artefact as its manifest lists it."""
 
     name: str  # '/'-separated, relative to the artefact folder
-    size: int
-    sha256: str
+    size: int | None  # None where the manifest lists no sizes (a dataset version's dataset.json)
+    sha256: str  # a dataset version's dataset.json lists a prefix of it
 
 
 class ManifestError(ValueError):

@@ -102,3 +102,38 @@ def test_failed_publish_leaves_nothing(tmp_path, versions):
     with pytest.raises(ValueError, match="items-00001.npy: sha256 .* does not match"):
         publish_version(store, v1["out"], "shapes")
     assert store.list("datasets") == []  # the shard sent before it was deleted again; no manifest ever written
+
+
+def test_groupdiff_check_verifies_a_version_against_its_dataset_json(tmp_path, versions):
+    """``groupdiff check`` reads an ingested version as the folder its dataset.json (not a manifest.json) completes:
+    clean as published; a deleted shard is missing and a changed one corrupt against the sha256 dataset.json lists,
+    each naming the version's catalogue row; without dataset.json the version was never completed."""
+    from registry.consistency import CORRUPT, MISSING, check
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    uri = publish_version(store, versions[0]["out"], "shapes")
+    prefix = f"datasets/shapes/{versions[0]['digest']}"
+    sessions = open_session(f"sqlite:///{tmp_path / 'catalogue.db'}")
+    with sessions.begin() as session:
+        record_dataset_version(session, "shapes", versions[0], uri)
+
+    def problems():
+        with sessions() as session:
+            return check(store, session).problems
+
+    assert problems() == []
+    row = ["catalogue datasets #1 (shapes v1)"]
+    shard = f"{prefix}/items-00001.npy"
+    data = (store.path / shard).read_bytes()
+    store.put_bytes(shard, data[:-1] + bytes([data[-1] ^ 1]))  # through the store: only dataset.json knows
+    [bad] = problems()
+    assert (bad.kind, bad.target, bad.referenced_by) == (CORRUPT, store.uri(shard), row)
+    assert f"{MANIFEST} lists sha256" in bad.detail
+    store.delete(shard)
+    [gone] = problems()
+    assert (gone.kind, gone.target, gone.referenced_by) == (MISSING, store.uri(shard), row)
+    assert gone.detail.startswith(f"listed in {MANIFEST} (sha256 ")
+    store.delete(f"{prefix}/{MANIFEST}")
+    [incomplete] = problems()
+    assert (incomplete.kind, incomplete.target) == (MISSING, store.uri(f"{prefix}/{MANIFEST}"))
+    assert "never completed" in incomplete.detail
