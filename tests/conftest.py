@@ -2,6 +2,7 @@
 Prefect server + worker, MLflow server) on free ports of 127.0.0.1, started once and stopped after."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -58,24 +59,23 @@ def stack_env(local_stack, monkeypatch):
 def stack_api(local_stack):
     """The stack's client environment set for a module, and Prefect's settings pointed at its server (threads
     started in the module need ``contextvars.copy_context()`` of the test's thread to see them)."""
-    import os
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from infra.stack import client_env
 
     env = client_env(local_stack)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with client_environment(env):
+        yield env
+
+
+@contextlib.contextmanager
+def client_environment(env: dict[str, str]):
+    """``env`` (a stack's client variables) set in ``os.environ`` and Prefect's settings pointed at its API, both
+    restored on exit."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with pytest.MonkeyPatch.context() as patch, temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from flows.params import PipelineParams
 from flows.records import RecordsConfig
 from groupdiff.train.checkpoint import HOLD_ENV
 from infra.process import free_stack_ports
+from tests.conftest import client_environment
 from tests.prefect_services import drain_prefect_services
 
 WORKER_POLL_S = "1"  # the private worker's PREFECT_WORKER_QUERY_SECONDS (Prefect's default: 10)
@@ -64,24 +65,15 @@ def start_stack(config) -> None:
     """``infra.stack.up`` with the worker polling every second and no hold hook in any service's environment."""
     from infra.stack import up
 
-    saved = {k: os.environ.get(k) for k in ("PREFECT_WORKER_QUERY_SECONDS", HOLD_ENV)}
-    os.environ["PREFECT_WORKER_QUERY_SECONDS"] = WORKER_POLL_S
-    os.environ.pop(HOLD_ENV, None)
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the worker inherits these; restored after
+        patch.setenv("PREFECT_WORKER_QUERY_SECONDS", WORKER_POLL_S)
+        patch.delenv(HOLD_ENV, raising=False)
         up(config, echo=lambda _: None)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="package")
 def fault_stack(tmp_path_factory):
     """A private running stack for the fault suite; the environment points clients (and in-process flows) at it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from groupdiff.procs import stop_tree
     from infra.config import StackConfig
     from infra.process import group_alive, read_pid
@@ -92,22 +84,15 @@ def fault_stack(tmp_path_factory):
     config = StackConfig(state_dir=state, start_timeout_s=240, stop_timeout_s=STOP_S, pg_durable=False,
                          **free_stack_ports())
     env = client_env(config)
-    saved = {k: os.environ.get(k) for k in env}
     out = tmp_path_factory.mktemp("faults-out")
     try:
         start_stack(config)
-        os.environ.update(env)
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        with client_environment(env):
             try:
                 yield FaultStack(config, env, out, RecordsConfig(out=str(out)))
             finally:
                 drain_prefect_services()  # while this stack still answers; later tests talk to another server
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         for pgid in training_groups(out):  # a training left held by a failed test
             stop_tree(pgid, 1.0)
         clear_holds(out)

@@ -29,25 +29,10 @@ WAIT_S = 600
 
 
 @pytest.fixture(scope="module")
-def stack(local_stack, tmp_path_factory):
-    """The stack's client environment set for this module, Prefect pointed at its server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from infra.stack import client_env
-
-    env = client_env(local_stack)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+def stack(local_stack, stack_api, tmp_path_factory):
+    """The stack's client environment (set for this module by ``stack_api``), an output folder and its records."""
     out = tmp_path_factory.mktemp("flows-out")
-    try:
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            yield {"env": env, "out": out, "records": RecordsConfig(out=str(out)), "config": local_stack}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return {"env": stack_api, "out": out, "records": RecordsConfig(out=str(out)), "config": local_stack}
 
 
 @pytest.fixture(scope="module")
