@@ -12,7 +12,7 @@ run: setup
 	$(VENV)/bin/groupdiff run --out outputs
 
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 setup: $(STAMP) data
 

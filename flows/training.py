@@ -132,21 +132,23 @@ def run_training(config: GroupDiffConfig, run_dir: Path, world_size: int, env: d
 
 
 
-def _ensure_limit(name: str, slots: int) -> None:
+def _ensure_limit(name: str, slots: int) -> tuple[int, int]:
     """Create the global concurrency limit ``name`` (``slots`` at once) if the Prefect API does not have it yet;
-    an existing limit is left as it is (the pool's operator owns it)."""
+    an existing limit is left as it is (the pool's operator owns it). Returns (slots taken, limit) now."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            found = client.read_global_concurrency_limit_by_name(name)
+            return found.active_slots, found.limit
         except ObjectNotFound:
             try:
                 client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
             except ObjectAlreadyExists:
                 pass
+            return 0, slots
 
 
 @task(**task_options("train"))
@@ -221,7 +223,9 @@ def _launch(rec: Records, config: GroupDiffConfig, run_dir: Path, world_size: in
 
     log = get_run_logger()
     limit = f"{CONCURRENCY_PREFIX}{rec.config.work_pool}"
-    _ensure_limit(limit, rec.config.training_slots)
+    taken, slots = _ensure_limit(limit, rec.config.training_slots)
+    if taken >= slots:  # said on the console: otherwise a queued training looks like a hung one
+        log.info("waiting for a training slot: concurrency limit %r has %d of %d taken", limit, taken, slots)
     env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": rec.config.mlflow_uri}
     pids = pid_folder(rec.out, str(flow_run.get_id() or "local"))
     with concurrency(limit, occupy=1, lease_duration=LEASE_S):
