@@ -211,6 +211,7 @@ def _mlflow(config: StackConfig, state: Path, env: dict[str, str], bind: str, gi
     mlflow_env = {k: env[k] for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                       "AWS_DEFAULT_REGION")}
     mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if config.mlflow_jobs else "false"
+    mlflow_env["MLFLOW_DISABLE_TELEMETRY"] = "true"  # as the clients (registry/__init__.py): nothing sent out
     prepare = None
     if config.expose:
         argv += ["--app-name", "basic-auth"]

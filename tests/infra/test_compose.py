@@ -85,3 +85,18 @@ def test_both_prefect_processes_keep_concurrency_leases_on_one_shared_volume():
         volume = next(v for v in SERVICES[name]["volumes"] if v.endswith(":" + env["PREFECT_HOME"]))
         homes.add(volume)
     assert len(homes) == 1 and homes.pop().split(":")[0] in COMPOSE["volumes"]
+
+
+def test_no_server_sends_usage_data_out_in_compose_or_the_local_stack(tmp_path):
+    """MLflow's server has telemetry on unless told (the clients turn it off in registry/__init__.py, but the
+    server never imports it); Prefect's server has analytics on unless told. Both are told, in both stacks."""
+    from infra.config import StackConfig
+    from infra.stack import services
+
+    off = {"mlflow": ("MLFLOW_DISABLE_TELEMETRY", "true"), "prefect-server": ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+           "prefect-services": ("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
+    for name, (key, value) in off.items():
+        assert SERVICES[name]["environment"].get(key) == value, (name, key)
+    local = services(StackConfig(state_dir=tmp_path))
+    assert local["mlflow"].env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert local["prefect"].env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
