@@ -90,6 +90,11 @@ class StackConfig(BaseModel):
     mlflow_bucket: str = Field("mlflow", min_length=3, max_length=63, description="Bucket of MLflow's artefacts.")
     region: str = Field("us-east-1", min_length=1, max_length=64, description="S3 region clients sign requests for.")
     work_pool: str = Field("local", min_length=1, max_length=128, description="Prefect process work pool name.")
+    pool_limit: int | None = Field(
+        4, ge=1, le=1000, description="Flow runs of the work pool at once (its Prefect concurrency limit, set by every "
+        "'up'; more wait as Scheduled). A pipeline run's process takes about 1 GB: 20 runs queued from the UI at once "
+        "would otherwise all start. None = unlimited.",
+    )
     pg_durable: bool = Field(
         True, description="PostgreSQL fsync on; False trades crash safety for speed (throwaway stacks in tests only).",
     )

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from groupdiff.weights import Weights
 
+from .stack import set_pool_limit
+
 DEPLOYMENT = "groupdiff-pipeline/groupdiff-pipeline"
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # One pipeline run as small as it gets (baseline only, 2 training steps of a 1-block model, 40 samples, no
@@ -81,15 +83,6 @@ def deployment_id(client: httpx.Client, name: str = DEPLOYMENT) -> str:
         raise LookupError(f"deployment {name!r} is not registered; run `python -m flows.deployments deploy` first")
     response.raise_for_status()
     return response.json()["id"]
-
-
-def set_pool_limit(client: httpx.Client, pool: str, limit: int | None) -> int | None:
-    """Set the work pool's flow-run concurrency limit (None = unlimited); returns the previous one."""
-    response = client.get(f"/work_pools/{pool}")
-    response.raise_for_status()
-    before = response.json().get("concurrency_limit")
-    client.patch(f"/work_pools/{pool}", json={"concurrency_limit": limit}).raise_for_status()
-    return before
 
 
 def submit(client: httpx.Client, dep_id: str, parameters: list[dict]) -> list[str]:
@@ -250,7 +243,7 @@ def run_load(api: str, pool: str, base: dict, out: str | Path, config: LoadConfi
     parameters = plan(base, str(out), config)
     with httpx.Client(base_url=api, timeout=config.request_timeout_s) as client:
         dep_id = deployment_id(client)
-        before = set_pool_limit(client, pool, config.pool_limit) if config.pool_limit else None
+        before = set_pool_limit(api, pool, config.pool_limit) if config.pool_limit else None
         watch = TrainingWatch(out, config.watch_poll_s)
         watch.start()
         t0 = time.monotonic()
@@ -266,7 +259,7 @@ def run_load(api: str, pool: str, base: dict, out: str | Path, config: LoadConfi
         finally:
             watch.stop()
             if config.pool_limit:
-                set_pool_limit(client, pool, before)
+                set_pool_limit(api, pool, before)
         seconds = time.monotonic() - t0
         tasks = [task_runs(client, run_id) for run_id in run_ids]
     trainings = [(s, e) for s, e in watch.intervals.values()]

@@ -179,6 +179,21 @@ def _worker_healthy(config: StackConfig, given: StackSecrets | None) -> bool:
     return work_pool_exists(api, config.work_pool, given.prefect_auth if given else None)
 
 
+def set_pool_limit(api_url: str, pool: str, limit: int | None, auth_string: str | None = None) -> int | None:
+    """Set the flow-run concurrency limit of the work pool ``pool`` (None = unlimited) on the Prefect server at
+    ``api_url``; returns the previous limit. ``auth_string``: an exposed server's."""
+    import httpx
+
+    headers = {"Authorization": f"Basic {base64.b64encode(auth_string.encode()).decode()}"} if auth_string else None
+    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as client:
+        path = f"/work_pools/{urllib.parse.quote(pool, safe='')}"
+        response = client.get(path)
+        response.raise_for_status()
+        before = response.json().get("concurrency_limit")
+        client.patch(path, json={"concurrency_limit": limit}).raise_for_status()
+    return before
+
+
 def work_pool_exists(api_url: str, pool: str, auth_string: str | None = None) -> bool:
     """True when the Prefect server at ``api_url`` has the work pool ``pool`` (the worker creates it on its first
     poll; until then deploying to it fails with 'Could not find work pool'). ``auth_string``: an exposed server's."""
@@ -347,6 +362,11 @@ def up(config: StackConfig, echo=print) -> dict[str, str]:
         for name in reversed(started):
             stop(name, state, config.stop_timeout_s, defs[name].stop_signal)
         raise errors[0]
+    if "worker" in config.services:
+        api = f"http://{HOST}:{config.prefect_port}/api"
+        set_pool_limit(api, config.work_pool, config.pool_limit, given.prefect_auth if given else None)
+        echo(f"work pool {config.work_pool!r}: "
+             + (f"at most {config.pool_limit} flow runs at once" if config.pool_limit else "no limit on flow runs"))
     env_path = _write_env(config, given)
     echo(f"client settings: source {env_path}")
     return {name: defs[name].url or "" for name in config.services}

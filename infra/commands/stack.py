@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name in SERVICES:
         up.add_argument(f"--{name}-port", type=int, default=None, help=f"port of {name}")
     up.add_argument("--start-timeout", type=float, default=None, help="seconds a service may take to become healthy")
+    up.add_argument("--pool-limit", type=int, default=None,
+                    help="flow runs of the work pool at once (default: the last up's, else 4)")
     up.add_argument("--expose", action="store_true",
                     help="listen on 0.0.0.0 instead of 127.0.0.1 and require credentials everywhere: "
                          "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD, PREFECT_API_AUTH_STRING (user:password) "
@@ -61,6 +63,7 @@ def _config(args: argparse.Namespace):
     elif args.func is run_up:  # 'up' means the whole stack unless told otherwise; down/status use the last up's
         overrides["services"] = list(SERVICES)
     overrides["start_timeout_s"] = getattr(args, "start_timeout", None)
+    overrides["pool_limit"] = getattr(args, "pool_limit", None)
     if args.func is run_up:  # exposed only when asked for, every time
         overrides["expose"] = args.expose
         overrides["secrets_file"] = args.secrets_file

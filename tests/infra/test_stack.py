@@ -204,13 +204,20 @@ def test_an_unexposed_s3_server_needs_no_port_behind_a_forwarder(state_dir):
             down(config, echo=lambda _: None)
 
 
-def test_the_worker_is_healthy_only_once_its_work_pool_exists(state_dir):
+def test_the_worker_is_healthy_only_once_its_work_pool_exists_and_up_sets_the_pool_limit(state_dir, capsys):
     """The worker answers /health from its first moment, before it has created its pool; deploying right after
-    'up' then failed with 'Could not find work pool'. Now 'up' returns once the pool exists."""
-    from infra.stack import work_pool_exists
+    'up' then failed with 'Could not find work pool'. Now 'up' returns once the pool exists, and every 'up' sets
+    the pool's flow-run limit from the config (an unlimited pool started every queued run at once)."""
+    import httpx
+
+    from infra.stack import set_pool_limit, work_pool_exists
 
     config = StackConfig(state_dir=state_dir, services=["worker"], pg_durable=False, **free_stack_ports())
     api = f"http://127.0.0.1:{config.prefect_port}/api"
+
+    def limit() -> int | None:
+        return httpx.get(f"{api}/work_pools/{config.work_pool}").json()["concurrency_limit"]
+
     try:
         up(config, echo=lambda _: None)
         assert work_pool_exists(api, config.work_pool)  # at once, no waiting here
@@ -218,6 +225,13 @@ def test_the_worker_is_healthy_only_once_its_work_pool_exists(state_dir):
         other = config.model_copy(update={"work_pool": "no-such-pool"})  # the same worker, a pool nobody made
         assert not work_pool_exists(api, other.work_pool)
         assert {r.name: r.healthy for r in status(other)} == {"postgres": True, "prefect": True, "worker": False}
+
+        assert limit() == config.pool_limit == 4
+        assert set_pool_limit(api, config.work_pool, None) == 4 and limit() is None
+        assert main(["up", "--state-dir", str(state_dir), "--services", "worker", "--pool-limit", "2"]) == 0  # running
+        assert limit() == 2 and "work pool 'local': at most 2 flow runs at once" in capsys.readouterr().out
+        up(config.model_copy(update={"pool_limit": None}), echo=lambda _: None)
+        assert limit() is None
     finally:
         down(config, echo=lambda _: None)
 
