@@ -17,6 +17,15 @@ from infra.process import free_stack_ports  # noqa: F401  (tests/infra/test_stac
 log = logging.getLogger("groupdiff.stack")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_prefect_servers_stopped():
+    """Prefect's temporary servers (in-process flows without an API URL) stopped at the session's end."""
+    yield
+    from tests.prefect_services import stop_temporary_servers
+
+    stop_temporary_servers()
+
+
 @pytest.fixture(scope="session")
 def local_stack():
     """A running local stack: yields its ``StackConfig``; teardown stops it and checks nothing is left."""

@@ -10,3 +10,16 @@ def drain_prefect_services(timeout: float = 30.0) -> None:
     from prefect._internal.concurrency.services import _QueueServiceBase
 
     _QueueServiceBase.drain_all(timeout=timeout, at_exit=False)
+
+
+def stop_temporary_servers() -> None:
+    """Stop the temporary Prefect servers that in-process flows without ``PREFECT_API_URL`` started. Prefect stops
+    them at interpreter exit, logging to a console pytest has closed by then ('--- Logging error ---' and a
+    traceback at the end of every run); stopped here, the log line goes where pytest still reads it."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    servers = [server for server in SubprocessASGIServer._instances.values() if server.server_process]
+    if servers:
+        drain_prefect_services()  # logs and events still queued for them, sent while they answer
+    for server in servers:
+        server.stop()
