@@ -89,15 +89,25 @@ def _upload(store, folder) -> None:
         store.put_file(path.name, path)
 
 
-def test_the_same_items_read_back_from_the_s3_server(stack_env, folder, tmp_path, monkeypatch):
+@pytest.fixture
+def scratch_store(stack_env):
+    """(root, store): a fresh folder of the session stack's S3 store, emptied after the test (the stack is shared:
+    its consistency checks in tests/flows/test_stack.py would report what is left as unreferenced)."""
     import uuid
 
     from registry.stores import open_store
 
-    monkeypatch.setenv(STORE_FACTORY_ENV, "registry.stores:open_store")
-    ingest_images(folder, tmp_path / "v", IngestConfig(image_size=16, on_corrupt="skip", shard_size=4))
     root = f"{stack_env['GROUPDIFF_STORE_ROOT']}/tests/datasets/{uuid.uuid4().hex[:8]}"
     store = open_store(root)
+    yield root, store
+    for key in store.list(""):
+        store.delete(key)
+
+
+def test_the_same_items_read_back_from_the_s3_server(scratch_store, folder, tmp_path, monkeypatch):
+    root, store = scratch_store
+    monkeypatch.setenv(STORE_FACTORY_ENV, "registry.stores:open_store")
+    ingest_images(folder, tmp_path / "v", IngestConfig(image_size=16, on_corrupt="skip", shard_size=4))
     _upload(store, tmp_path / "v")
     local = ShardedDataset(tmp_path / "v")
     remote = build_dataset(DataConfig(dataset="imagefolder", root=root, image_size=16, cache_dir=str(tmp_path / "cache")))
