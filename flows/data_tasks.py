@@ -228,10 +228,12 @@ def mine_task(config: GroupDiffConfig, records: RecordsConfig, digest: str, embe
     return {**done, "uri": uri, "path": str(folder / "groups.npz")}
 
 
-def data_digests(config: GroupDiffConfig, dataset_digest: str) -> dict[str, str]:
-    """Digests of the classifier, embed and mine stages of ``config`` over the dataset ``dataset_digest``."""
-    # the built-in classifier trains on Fashion-MNIST whatever the data; the data space's on the dataset itself
-    own = {"dataset": dataset_digest} if config.data.dataset != "fmnist" else {}
+def data_digests(config: GroupDiffConfig, dataset_digest: str, held_out: tuple[int, int] | None = None) -> dict[str, str]:
+    """Digests of the classifier, embed and mine stages of ``config`` over the dataset ``dataset_digest``;
+    ``held_out``: the (reference, floor) images the data space's classifier leaves out (flows.data_space)."""
+    # the built-in classifier trains on Fashion-MNIST whatever the data; the data space's on the dataset itself,
+    # less the images it holds out
+    own = {"dataset": dataset_digest, "held_out": list(held_out or ())} if config.data.dataset != "fmnist" else {}
     clf = stage_digest("classifier", image_size=config.data.image_size, config=config.embed.classifier.model_dump(),
                        **own)
     embed_cfg = config.embed.model_dump(exclude={"batch_size", "device", "classifier", "weights"})

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .params import PipelineParams
 from .records import Records, RecordsConfig
 
 DATASET_TAG = "groupdiff.dataset"  # 'name@N' (a version) or the snapshot's name (built-in data, a plain path)
 DATASET_DIGEST_TAG = "groupdiff.dataset_digest"
 CODE_VERSION_TAG = "groupdiff.code_version"
+REFERENCE_SEED = 0  # the seed of a version's held-out split (flows.data_space)
 
 
 def version_settings(info: dict[str, Any]) -> dict[str, Any]:
@@ -28,6 +31,23 @@ def version_settings(info: dict[str, Any]) -> dict[str, Any]:
             "model.num_classes": len(info["classes"])}
 
 
+def held_out_split(num_items: int, reference_limit: int, floor: int, seed: int = REFERENCE_SEED
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (each sorted) of the reference images, the ``floor`` images after them and the rest (the data
+    space's classifier's), from one seeded permutation of a version's ``num_items`` items. The held-out part takes
+    at most half the version: up to ``reference_limit`` reference images, fewer when the version is small; a floor
+    that leaves no room for a reference is a ValueError naming the numbers."""
+    reference = min(reference_limit, num_items // 2 - floor)
+    if floor < 1 or reference < 1:
+        raise ValueError(
+            f"the data space holds out num_samples={floor} images for the real-data floor plus reference images, at "
+            f"most half of a version of {num_items} images ({num_items // 2}; the rest trains its classifier): "
+            f"expected num_samples <= {num_items // 2 - 1}; lower num_samples or ingest more images")
+    order = np.random.default_rng(seed).permutation(num_items)
+    return (np.sort(order[:reference]), np.sort(order[reference:reference + floor]),
+            np.sort(order[reference + floor:]))
+
+
 def find_version(records: RecordsConfig, spec: str) -> dict[str, Any]:
     """The catalogue's version ``spec`` ('name', 'name@latest', 'name@N') as :func:`registry.datasets.describe`."""
     from registry.datasets import describe, resolve_dataset
@@ -41,6 +61,8 @@ def resolve_params(params: PipelineParams, records: RecordsConfig) -> PipelinePa
     if not params.dataset:
         return params
     info = find_version(records, params.dataset)
+    # the data space's held-out split must fit the version: said before any work
+    held_out_split(sum(info["counts"].values()), params.reference_limit, params.num_samples)
     return params.with_dataset(info["spec"], version_settings(info))
 
 

@@ -106,13 +106,18 @@ def floor_note(rows: list[dict], params) -> str:
     info = next((r["score"].get("floor_info") for r in rows if r["score"].get("floor_info")), None)
     clf = next((r["score"].get("classifier") for r in rows if r["score"].get("classifier")), None) or {}
     parts = []
-    if info:
+    own = (info or clf).get("space") == "data"
+    if info and own:
+        parts.append(f"Real-data floor: {info['num_images']} held-out images of {params.dataset} (of "
+                     f"{info['dataset_images']}), disjoint from the {info['reference_images']} reference images and "
+                     "from the classifier's training images, scored like the samples.")
+    elif info:
         parts.append(f"Real-data floor: {info['num_images']} held-out Fashion-MNIST test images "
                      f"(indices {info['first_index']}..{info['last_index']}), disjoint from the "
                      f"{info['reference_images']} reference images, scored like the samples.")
     if clf.get("test_accuracy") is not None:
-        parts.append(f"The fd_fmnist classifier's test accuracy: {clf['test_accuracy']:.4f} "
-                     f"on {clf.get('eval_images', '?')} test images.")
+        parts.append(f"The {'fd_data' if own else 'fd_fmnist'} classifier's test accuracy: {clf['test_accuracy']:.4f} "
+                     f"on {int(clf.get('eval_images') or 0) or '?'} {'held-out' if own else 'test'} images.")
     return " ".join(parts)
 
 
@@ -134,10 +139,13 @@ def _data_stages(params: PipelineParams, base: GroupDiffConfig, records: Records
     submitted first and trains beside them (it is needed only for scoring and by the classifier encoder).
     Returns the dataset, the stage digests, the classifier's future and the group table (or None)."""
     dataset = dataset_task(base, records)
-    digests = data_digests(base, dataset["digest"])
     own_space = base.data.dataset != "fmnist"  # scored in the data space (flows.data_space), not fd_fmnist
-    classifier = (data_classifier_task if own_space else classifier_task).submit(base, records, digests["classifier"],
-                                                                                 parent_id)
+    held_out = (params.reference_limit, params.num_samples) if own_space else None
+    digests = data_digests(base, dataset["digest"], held_out)
+    if own_space:  # its classifier leaves out the reference and floor images
+        classifier = data_classifier_task.submit(base, records, digests["classifier"], parent_id, *held_out)
+    else:
+        classifier = classifier_task.submit(base, records, digests["classifier"], parent_id)
     groups = None
     if any(v != "baseline" for v in params.variants):
         embeddings = embed_task(base, records, digests["embed"], dataset, parent_id,

@@ -20,7 +20,7 @@ from ..registry.test_datasets import CLASSES, make_image_folder
 NAME = f"shapes-{uuid.uuid4().hex[:6]}"
 MODEL = f"gd-data-{uuid.uuid4().hex[:6]}"
 TINY_DATA = dict(
-    variants=["baseline"], group_size=2, train_steps=2, batch_images=8, sampling_steps=2, num_samples=36,
+    variants=["baseline"], group_size=2, train_steps=2, batch_images=8, sampling_steps=2, num_samples=12,
     reference_limit=100, classifier_train_limit=200, threads=1, model_name=MODEL, dataset=NAME,
     overrides=["model.depth=1", "model.hidden_size=32", "model.num_heads=2", "embed.classifier.width=8",
                "embed.classifier.feature_dim=16"],
@@ -89,7 +89,7 @@ def test_ingest_train_and_retrain_on_the_newest_version(stack, tmp_path):
     from registry.mlflow_registry import CHAMPION, version_by_alias
 
     rec = Records(stack["records"])
-    src = make_image_folder(tmp_path / "src", per_class=8, corrupt=True)
+    src = make_image_folder(tmp_path / "src", per_class=16, corrupt=True)
     # bad input: nothing is published, the temporary folder is gone
     with pytest.raises(FileNotFoundError, match="missing does not exist"):
         ingest(params=IngestParams(src=str(tmp_path / "missing"), name=NAME), records=stack["records"])
@@ -102,7 +102,7 @@ def test_ingest_train_and_retrain_on_the_newest_version(stack, tmp_path):
     assert code == 0, err[-3000:]
     v1 = json.loads(out.strip().splitlines()[-1])
     assert (v1["version"], v1["created"], v1["corrupt"]) == (1, True, ["circle/broken.png"])
-    assert v1["uri"].startswith("s3://") and v1["counts"] == {c: 8 for c in CLASSES}
+    assert v1["uri"].startswith("s3://") and v1["counts"] == {c: 16 for c in CLASSES}
     ingest_params = IngestParams(src=str(src), name=NAME, image_size=16, on_corrupt="skip")
     again = ingest(params=ingest_params, records=stack["records"])
     assert (again["version"], again["created"], again["digest"]) == (1, False, v1["digest"])  # no new version
@@ -110,10 +110,17 @@ def test_ingest_train_and_retrain_on_the_newest_version(stack, tmp_path):
     first = pipeline(params=PipelineParams(**TINY_DATA), records=stack["records"])  # trains reading shards from S3
     row1 = first["rows"][0]
     assert first["dataset"]["version"] == 1 and first["metric"] == "fd_data" and row1["decision"] == "promoted"
-    assert "fd_data_ci_low" in row1["metrics"] and "class_agreement" in row1["metrics"] and row1["floor"] == {}
+    assert "fd_data_ci_low" in row1["metrics"] and "class_agreement" in row1["metrics"]
+    # the real-data floor: 12 held-out images (as many as samples) scored like them against the 12 reference
+    # images (at most half of the 48 is held out); the classifier trained on the other 24 and is tested on those 24
+    assert {"fd_data", "class_agreement"} <= set(row1["floor"]), row1["floor"]
+    score = json.loads(Path(row1["score_json"]).read_text())
+    assert score["floor_info"] == {"space": "data", "num_images": 12, "reference_images": 12, "dataset_images": 48}
+    assert score["classifier"]["eval_images"] == 24 and 0 <= score["classifier"]["test_accuracy"] <= 1
+    assert f"12 held-out images of {NAME}@1 (of 48)" in first["floor_note"], first["floor_note"]
     assert _training_input(rec, row1["train_run_id"]) == (f"{NAME}@1", v1["digest"])
 
-    make_image_folder(src, per_class=12)  # new images: version 2
+    make_image_folder(src, per_class=24)  # new images: version 2
     v2 = ingest(params=ingest_params, records=stack["records"])
     assert (v2["version"], v2["created"], v2["parent_version"]) == (2, True, 1)
     nightly = retrain_nightly(params=PipelineParams(**TINY_DATA), records=stack["records"])

@@ -269,3 +269,27 @@ def test_summary_says_when_nothing_was_promoted_whatever_else_it_shows(tmp_path)
     text = summary(promoted, params, tmp_path, 60.0, times)
     assert "No version was promoted" not in text and "train-baseline" in text
     assert "Champion (baseline): class_agreement 0.900 (real data 0.910), fd_fmnist 12 vs real-data floor 3 (4.0x" in text
+
+
+def test_a_versions_held_out_split_is_disjoint_seeded_and_at_most_half():
+    """The data space's split: reference, floor and classifier images disjoint and covering the version, the same
+    for the same seed; the reference shrinks to fit half the version; a floor with no room left is refused."""
+    import numpy as np
+
+    from flows.data_tasks import data_digests
+    from flows.datasets import held_out_split
+
+    ref, floor, own = held_out_split(1000, 300, 120)
+    assert (len(ref), len(floor), len(own)) == (300, 120, 580)
+    assert sorted(np.concatenate([ref, floor, own]).tolist()) == list(range(1000))
+    assert all((np.diff(part) > 0).all() for part in (ref, floor, own))
+    assert all((a == b).all() for a, b in zip(held_out_split(1000, 300, 120), (ref, floor, own)))
+    assert not (held_out_split(1000, 300, 120, seed=1)[0] == ref).all()
+    ref, floor, own = held_out_split(48, 100, 12)  # a small version: half of it held out, the reference shrinks
+    assert (len(ref), len(floor), len(own)) == (12, 12, 24)
+    with pytest.raises(ValueError, match=r"num_samples=30 .* version of 48 images \(24; .* expected num_samples <= 23"):
+        held_out_split(48, 100, 30)
+    # the classifier that leaves them out is another classifier
+    config = PipelineParams(data_limit=100).config("baseline")
+    config = config.model_copy(update={"data": config.data.model_copy(update={"dataset": "imagefolder"})})
+    assert data_digests(config, "d1", (12, 12))["classifier"] != data_digests(config, "d1", (12, 18))["classifier"]
