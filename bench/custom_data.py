@@ -111,7 +111,8 @@ def main() -> None:
     records = scores(out)
     any_record = next(iter(records.values()))
     result = {
-        "images": args.per_class * len(CLASSES), "classes": list(CLASSES), "image_size": args.image_size,
+        # the version's classes are its sorted folder names: the grids' rows, top to bottom
+        "images": args.per_class * len(CLASSES), "classes": sorted(CLASSES), "image_size": args.image_size,
         "steps": args.steps, "samples": args.samples, "ingest_seconds": round(ingest_s, 1), "run_seconds": round(run_s, 1),
         "variants": {v: {k: r["metrics"].get(k) for k in ("fd_data", "fd_data_ci_low", "fd_data_ci_high",
                                                             "class_agreement", "precision_data", "recall_data")}
