@@ -7,8 +7,8 @@ of the same small CNN recipe (``embed.classifier``) trained on the version itsel
 
 The version is split once (:func:`flows.datasets.held_out_split`, a seeded permutation): up to ``reference_limit``
 reference images (fewer when the version is small: at most half of it is held out), then as many images as samples
-for the real-data floor (scored against the reference exactly like the samples),
-and the rest for the classifier, which never sees the first two. Its accuracy on them is the class agreement of
+for the real-data floor (scored against the reference exactly like the samples), and the rest for the classifier,
+which never sees the first two. Its accuracy on them is the class agreement of
 real images. What stays a limit: the diffusion model trains on the whole version, held-out images included, and
 the space changes with every version, so scores of two versions are compared only after re-scoring under one
 protocol (the pipeline re-scores the champion, :func:`flows.pipeline.rescore_champion`). Latent versions are not
@@ -61,8 +61,8 @@ def data_classifier_task(config: GroupDiffConfig, records: RecordsConfig, digest
                          reference: int, floor: int) -> dict:
     """Train (or reuse) the ``data`` space's classifier (``embed.classifier`` recipe) on the dataset less its
     held-out reference (up to ``reference``) and ``floor`` images (:func:`held_out_split`), at most ``train_limit``
-    of them; its
-    test accuracy is on the held-out images. Recorded in the catalogue's ``weights`` table (name 'classifier-data')."""
+    of them; its test accuracy is on the held-out images. Recorded in the catalogue's ``weights`` table (name
+    'classifier-data')."""
     from registry.catalogue.records import record_weights
     from registry.layout import weights_key
 

@@ -179,13 +179,17 @@ def _worker_healthy(config: StackConfig, given: StackSecrets | None) -> bool:
     return work_pool_exists(api, config.work_pool, given.prefect_auth if given else None)
 
 
+def _prefect_auth_headers(auth_string: str | None) -> dict[str, str] | None:
+    """The Basic authorization header an exposed Prefect server asks for (``auth_string``: 'user:password')."""
+    return {"Authorization": f"Basic {base64.b64encode(auth_string.encode()).decode()}"} if auth_string else None
+
+
 def set_pool_limit(api_url: str, pool: str, limit: int | None, auth_string: str | None = None) -> int | None:
     """Set the flow-run concurrency limit of the work pool ``pool`` (None = unlimited) on the Prefect server at
     ``api_url``; returns the previous limit. ``auth_string``: an exposed server's."""
     import httpx
 
-    headers = {"Authorization": f"Basic {base64.b64encode(auth_string.encode()).decode()}"} if auth_string else None
-    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as client:
+    with httpx.Client(base_url=api_url, headers=_prefect_auth_headers(auth_string), timeout=30) as client:
         path = f"/work_pools/{urllib.parse.quote(pool, safe='')}"
         response = client.get(path)
         response.raise_for_status()
@@ -197,9 +201,7 @@ def set_pool_limit(api_url: str, pool: str, limit: int | None, auth_string: str 
 def work_pool_exists(api_url: str, pool: str, auth_string: str | None = None) -> bool:
     """True when the Prefect server at ``api_url`` has the work pool ``pool`` (the worker creates it on its first
     poll; until then deploying to it fails with 'Could not find work pool'). ``auth_string``: an exposed server's."""
-    token = base64.b64encode(auth_string.encode()).decode() if auth_string else None
-    return http_ok(f"{api_url}/work_pools/{urllib.parse.quote(pool, safe='')}",
-                   headers={"Authorization": f"Basic {token}"} if token else None)
+    return http_ok(f"{api_url}/work_pools/{urllib.parse.quote(pool, safe='')}", headers=_prefect_auth_headers(auth_string))
 
 
 def _postgres(config: StackConfig, state: Path, bind: str, given: StackSecrets | None) -> Service:
